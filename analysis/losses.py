@@ -1,0 +1,36 @@
+"""The seed report's training figures: loss per iteration and mean loss per epoch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+
+def plot_losses(per_iteration: dict[str, list[tuple[int, float]]], per_epoch: dict[str, list[tuple[int, float]]],
+                path: Path, title: str = "") -> Path:
+    """Two panels: each loss against images seen, and its mean per epoch."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, (ax_it, ax_ep) = plt.subplots(1, 2, figsize=(11, 4))
+    for key, points in per_iteration.items():
+        if points:
+            ax_it.plot([s for s, _ in points], [v for _, v in points], label=key, linewidth=0.8)
+    ax_it.set(xlabel="images seen", ylabel="loss", title="loss per iteration")
+    for key, points in per_epoch.items():
+        if points:
+            ax_ep.plot([s for s, _ in points], [v for _, v in points], marker="o", label=key.removesuffix("_epoch"))
+    ax_ep.set(xlabel="epoch", ylabel="mean loss", title="mean loss per epoch")
+    for ax in (ax_it, ax_ep):
+        if ax.lines:
+            ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,167 @@
+"""`bench calibrate`: this machine's throughput, ours side by side with the usual route, in one process.
+
+Training: our default DCGAN path (prepared uint8 cache, the family's train_step with the spec's default
+precision and memory format) against the PyTorch DCGAN tutorial pipeline (torchvision ImageFolder,
+PIL decoding per batch in DataLoader workers, fp32, contiguous tensors). Evaluation: our in-memory
+Inception pass with cached real statistics against writing PNGs and calling torch-fidelity on folders.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from benchmark.data import prepare
+from benchmark.errors import UserError
+from benchmark.models.common import resolve_precision
+from benchmark.models.dcgan import DCGAN, DEFAULTS, Discriminator, Generator, dcgan_init
+from benchmark.spec import build_spec
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> float:
+    """Measured FLOP/s of a large square matmul: the practical peak that MFU is a fraction of."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def _tutorial_loader(root: Path, batch_size: int):
+    import torchvision.datasets as dset
+    import torchvision.transforms as T
+
+    folder = root / "img_align_celeba"  # ImageFolder wants class subfolders: the Kaggle layout has one
+    if not folder.is_dir():
+        raise UserError(f"the tutorial pipeline needs CelebA in the Kaggle layout; not found under {root}")
+    dataset = dset.ImageFolder(str(folder), transform=T.Compose([
+        T.Resize(64), T.CenterCrop(64), T.ToTensor(), T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]))
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=2, drop_last=True)
+
+
+def _tutorial_step(netG, netD, optG, optD, real: torch.Tensor) -> None:
+    """The PyTorch DCGAN tutorial's step, as users write it."""
+    b = real.size(0)
+    netD.zero_grad()
+    label = torch.full((b,), 1.0)
+    errD_real = F.binary_cross_entropy(netD(real), label)
+    errD_real.backward()
+    fake = netG(torch.randn(b, 100, 1, 1))
+    label.fill_(0.0)
+    errD_fake = F.binary_cross_entropy(netD(fake.detach()), label)
+    errD_fake.backward()
+    optD.step()
+    netG.zero_grad()
+    label.fill_(1.0)
+    errG = F.binary_cross_entropy(netD(fake), label)
+    errG.backward()
+    optG.step()
+
+
+def _timed(step, batches, steps: int) -> float:
+    """Images per second over `steps` steps after one warm-up step, data loading included."""
+    iterator = iter(batches)
+    step(next(iterator))
+    n, start = 0, time.perf_counter()
+    for batch in itertools.islice(iterator, steps):
+        step(batch)
+        n += len(batch[0]) if isinstance(batch, (list, tuple)) else len(batch)
+    return n / (time.perf_counter() - start)
+
+
+def training(data: str, steps: int = 8, batch_size: int = 128) -> dict[str, float]:
+    """Print and return DCGAN training images/s: ours, the tutorial's, their ratio, and the FLOP/s fraction."""
+    device = torch.device("cpu")
+    root = Path(data).expanduser()
+    if not root.exists():
+        raise UserError(f"data path not found: {root}")
+    prepared = prepare(str(root), "all", 64, progress=False)
+    spec = build_spec("dcgan", DEFAULTS, overrides=[f"batch_size={batch_size}"])
+    precision = resolve_precision(spec.precision, device)
+    torch.manual_seed(0)
+    ours = DCGAN(spec, device, precision)
+    flops_per_image = ours.flops_per_train_image()
+    rng = np.random.default_rng(0)
+
+    def our_batches():
+        while True:
+            idx = rng.integers(0, len(prepared), batch_size)
+            yield torch.from_numpy(np.asarray(prepared.images[idx])).float().div_(127.5).sub_(1.0)
+
+    netG, netD = Generator().apply(dcgan_init), Discriminator().apply(dcgan_init)
+    optG = torch.optim.Adam(netG.parameters(), lr=1e-4, betas=(0.5, 0.9999))
+    optD = torch.optim.Adam(netD.parameters(), lr=1e-4, betas=(0.5, 0.9999))
+    loader = _tutorial_loader(root, batch_size)
+
+    print(f"DCGAN training, batch {batch_size}, {steps} timed steps each, {torch.get_num_threads()} threads")
+    theirs_ips = _timed(lambda b: _tutorial_step(netG, netD, optG, optD, b[0]), itertools.cycle(loader), steps)
+    ours_ips = _timed(ours.train_step, our_batches(), steps)
+    peak = matmul_peak(device)
+    result = {
+        "ours_img_per_s": ours_ips,
+        "tutorial_img_per_s": theirs_ips,
+        "ratio": ours_ips / theirs_ips,
+        "flops_per_image": flops_per_image,
+        "peak_flops": peak,
+        "ours_fraction_of_peak": ours_ips * flops_per_image / peak,
+        "tutorial_fraction_of_peak": theirs_ips * flops_per_image / peak,
+    }
+    print(f"  tutorial (ImageFolder + PIL per batch, fp32, contiguous)  {theirs_ips:8.1f} img/s"
+          f"   {result['tutorial_fraction_of_peak']:.1%} of peak")
+    print(f"  ours ({precision}, channels_last={spec.channels_last}, prepared cache)      {ours_ips:8.1f} img/s"
+          f"   {result['ours_fraction_of_peak']:.1%} of peak")
+    print(f"  ratio ours/tutorial: {result['ratio']:.2f}x   "
+          f"({flops_per_image / 1e9:.2f} GFLOP per training image; matmul peak {peak / 1e9:.0f} GFLOP/s)")
+    return result
+
+
+def evaluation(data: str, n: int = 64) -> dict[str, float]:
+    """Time scoring n generated images: ours (in memory, cached real features) vs PNGs + torch-fidelity."""
+    import torch_fidelity
+    from PIL import Image
+
+    from benchmark.metrics import Evaluator, score
+
+    real_set = prepare(data, "valid", 64, progress=False)
+    fake_set = prepare("synthetic", "all", 64, synthetic_images=max(n, 64), progress=False)
+    fake = np.asarray(fake_set.images[:n])
+    evaluator = Evaluator(progress=False)
+    real, _ = evaluator.real_features(real_set, n)  # warm: the cached-statistics case is the one we claim
+
+    start = time.perf_counter()
+    ours = score(evaluator.features(fake), real, evaluator.weights)
+    ours_s = time.perf_counter() - start
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        for sub, images in (("fake", fake), ("real", np.asarray(real_set.images[np.sort(
+                np.random.default_rng(0).permutation(len(real_set))[:n])]))):
+            (Path(tmp) / sub).mkdir()
+            for i, img in enumerate(images):
+                Image.fromarray(img.transpose(1, 2, 0)).save(Path(tmp) / sub / f"{i:06d}.png")
+        theirs = torch_fidelity.calculate_metrics(
+            input1=str(Path(tmp) / "fake"), input2=str(Path(tmp) / "real"), fid=True, kid=True,
+            kid_subset_size=n, cache=False, verbose=False,
+            feature_extractor_weights_path=str(evaluator.weights.path))
+        theirs_s = time.perf_counter() - start
+    print(f"Evaluation of {n} generated images (FID + KID)")
+    print(f"  usual route (PNGs on disk, torch-fidelity on folders, real recomputed) {theirs_s:7.1f} s"
+          f"  FID {theirs['frechet_inception_distance']:.3f}")
+    print(f"  ours (in memory, cached real statistics, channels_last)               {ours_s:7.1f} s"
+          f"  FID {ours['fid']:.3f}   {n / ours_s:.2f} img/s")
+    print(f"  ratio: {theirs_s / ours_s:.2f}x faster")
+    return {"ours_seconds": ours_s, "theirs_seconds": theirs_s, "ratio": theirs_s / ours_s,
+            "images_per_second": n / ours_s, "fid_ours": ours["fid"],
+            "fid_theirs": theirs["frechet_inception_distance"]}

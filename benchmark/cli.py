@@ -1,0 +1,217 @@
+"""`bench`: the command line. Thin: it parses, then calls the modules that do the work."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+import click
+
+from benchmark.errors import UserError
+
+log = logging.getLogger("benchmark")
+
+
+def _setup_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
+    for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _tracking(uri: str | None) -> None:
+    from benchmark.tracking import use_tracking_uri
+
+    use_tracking_uri(uri)
+
+
+def _models_help() -> str:
+    from benchmark.models import FAMILIES
+
+    return "; ".join(f"{name}: {desc}" for name, (_, _, desc) in FAMILIES.items())
+
+
+tracking_option = click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
+                               help="MLflow store; default: mlflow.db + ./mlruns in the working directory.")
+quiet_option = click.option("--quiet", is_flag=True, help="No progress bars; warnings only.")
+device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+def cli() -> None:
+    """facebench: face generators on CelebA 64x64 under controlled compute budgets, tracked in MLflow."""
+
+
+# ---------------------------------------------------------------- run
+
+
+@cli.command()
+@click.option("--model", help="Model family. " + "(see below)")
+@click.option("--experiment", "experiment_file", type=click.Path(dir_okay=False),
+              help="TOML spec, e.g. experiments/seed-dcgan.toml; flags and --set override it.")
+@click.option("--data", envvar="BENCH_DATA", help="CelebA folder or .zip, any image folder, or 'synthetic' (default).")
+@click.option("--budget", help="Stop at the first spent: 90s 30m 58h 2d (device-hours), 50ep, 2Mimg, 10000step, "
+              "1e18flop, or several joined by '|'. Default 2m.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override any spec field, e.g. --set lr_g=2e-4 --set eval.samples=1000. Repeatable.")
+@click.option("--seed", type=int, help="Seed: a CPU run with the same seed is deterministic.")
+@click.option("--resume", "resume_id", metavar="RUN_ID", help="Continue a killed run from its last checkpoint.")
+@click.option("--experiment-name", help="MLflow experiment; default: the model's name.")
+@click.option("--run-name", help="MLflow run name.")
+@device_option
+@tracking_option
+@quiet_option
+def run(model, experiment_file, data, budget, overrides, seed, resume_id, experiment_name, run_name, device,
+        tracking_uri, quiet) -> None:
+    """Train a model under a budget, evaluating and checkpointing as it goes, all logged to MLflow."""
+    from benchmark import runner
+    from benchmark.models import family
+    from benchmark.spec import build_spec, load_toml
+
+    _setup_logging(quiet)
+    _tracking(tracking_uri)
+    if resume_id:
+        runner.resume(resume_id, device, progress=not quiet)
+        return
+    experiment = load_toml(experiment_file) if experiment_file else {}
+    name = model or experiment.get("model") or "dcgan"
+    _, defaults = family(name)
+    spec = build_spec(name, defaults, experiment, overrides, {"data": data, "budget": budget, "seed": seed})
+    runner.start(spec, device, experiment_name, run_name, progress=not quiet)
+
+
+run.help += "\n\n\b\nModels:\n" + "\n".join(f"  {line}" for line in _models_help().split("; "))
+
+
+# ---------------------------------------------------------------- eval
+
+
+@cli.command("eval")
+@click.argument("run_id", required=False)
+@click.option("--samples", type=click.IntRange(2), help="Generated images to score (default: the run's eval.samples).")
+@click.option("--real", help="With --fake: a real set (folder, zip, CelebA layout or 'synthetic').")
+@click.option("--fake", help="With --real: a folder of generated images.")
+@click.option("--split", default="train", show_default=True, help="CelebA split of --real.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@device_option
+@tracking_option
+@quiet_option
+def eval_cmd(run_id, samples, real, fake, split, as_json, device, tracking_uri, quiet) -> None:
+    """FID/KID/precision/recall of a run's latest checkpoint (logged into the run), or of --real vs --fake."""
+    from benchmark import evaluate
+
+    _setup_logging(quiet or as_json)
+    if real or fake:
+        if not (real and fake) or run_id:
+            raise UserError("give either RUN_ID, or both --real and --fake")
+        result = evaluate.eval_sets(real, fake, samples, split, progress=not quiet and not as_json)
+    elif run_id:
+        _tracking(tracking_uri)
+        result = evaluate.eval_run(run_id, samples, device, progress=not quiet and not as_json)
+    else:
+        raise UserError("give a RUN_ID, or --real and --fake")
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        for key, value in result.items():
+            click.echo(f"{key:<28} {value:.6g}" if isinstance(value, float) else f"{key:<28} {value}")
+
+
+# ---------------------------------------------------------------- data
+
+
+@cli.group()
+def data() -> None:
+    """Build or inspect the prepared (decoded, cropped, resized) cache of a data set."""
+
+
+@data.command("prepare")
+@click.argument("path")
+@click.option("--split", default="train", show_default=True, help="train, valid, test or all (CelebA layouts).")
+@click.option("--resolution", type=click.Choice(["32", "64", "128"]), default="64", show_default=True)
+@quiet_option
+def data_prepare(path, split, resolution, quiet) -> None:
+    """Decode, crop and resize PATH once into a memory-mapped uint8 array."""
+    from benchmark.data import prepare
+
+    _setup_logging(quiet)
+    prepared = prepare(path, split, int(resolution), progress=not quiet)
+    click.echo(json.dumps(prepared.info(), indent=2))
+
+
+@data.command("info")
+@click.argument("path")
+@click.option("--split", default="train", show_default=True)
+@click.option("--resolution", type=click.Choice(["32", "64", "128"]), default="64", show_default=True)
+def data_info(path, split, resolution) -> None:
+    """Show what the prepared cache of PATH holds (prepares it first if needed)."""
+    from benchmark.data import prepare
+
+    _setup_logging(True)
+    click.echo(json.dumps(prepare(path, split, int(resolution), progress=False).info(), indent=2))
+
+
+# ---------------------------------------------------------------- calibrate, ui
+
+
+@cli.command()
+@click.option("--data", envvar="BENCH_DATA", default="../shared/data/celeba-sample", show_default=True,
+              help="CelebA folder for the tutorial pipeline to decode.")
+@click.option("--steps", type=click.IntRange(1), default=8, show_default=True, help="Timed steps per path.")
+@click.option("--batch-size", type=click.IntRange(2), default=128, show_default=True)
+@click.option("--inception", is_flag=True, help="Also time evaluation: ours vs PNGs + torch-fidelity on a folder.")
+@click.option("--eval-images", type=click.IntRange(16), default=64, show_default=True)
+def calibrate(data, steps, batch_size, inception, eval_images) -> None:
+    """Measure training images/s of our path vs the usual tutorial pipeline, and the fraction of peak FLOP/s."""
+    from benchmark import calibrate as cal
+
+    _setup_logging(False)
+    cal.training(data, steps, batch_size)
+    if inception:
+        cal.evaluation(data, eval_images)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True)
+@tracking_option
+def ui(host, port, tracking_uri) -> None:
+    """Open the MLflow UI on this project's store (127.0.0.1 by default)."""
+    import mlflow
+
+    _tracking(tracking_uri)
+    uri = mlflow.get_tracking_uri()
+    click.echo(f"MLflow UI on http://{host}:{port}  (store {uri}); an experiment's runs table is at "
+               f"http://{host}:{port}/#/experiments/<id>/runs")
+    os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                               "--host", host, "--port", str(port)])
+
+
+def main() -> None:
+    """Entry point: user mistakes are one line on stderr and exit code 2, never a traceback."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        click.echo(f"error: {err.format_message()}", err=True)
+        sys.exit(err.exit_code)
+    except UserError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as err:
+        from benchmark.train import Interrupted
+
+        if isinstance(err, Interrupted):
+            click.echo(f"interrupted ({err}); checkpoint saved, resume with bench run --resume RUN_ID", err=True)
+            sys.exit(130)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,307 @@
+"""Data sources and the preparation cache: decode once, train from a memory-mapped uint8 array.
+
+Sources: CelebA in the Kaggle layout (img_align_celeba/img_align_celeba + list_eval_partition.csv) or
+torchvision's (celeba/img_align_celeba + list_eval_partition.txt), either as a folder or a .zip; any
+folder of images (one split); and "synthetic", procedural faces. Preparation (center square crop,
+antialiased PIL resize) runs once per (source, split, resolution) and is named by a fingerprint of
+the file list, the file contents and the preprocessing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import zipfile
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from benchmark import synthetic
+from benchmark.errors import UserError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+SPLITS = {"train": 0, "valid": 1, "test": 2}
+PREPROCESSING = "center-square-crop+PIL-lanczos-resize"
+_CHUNK = 256
+
+
+def cache_root() -> Path:
+    """Where prepared arrays, real statistics and converted weights live ($BENCH_CACHE)."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "facebench"
+    return Path(os.environ.get("BENCH_CACHE", default))
+
+
+@dataclass
+class Prepared:
+    """A prepared data set: uint8 images (N, 3, R, R), memory-mapped, and how they were made."""
+
+    images: np.ndarray
+    name: str
+    fingerprint: str
+    source: str
+    split: str
+    resolution: int
+    skipped: int
+    from_cache: bool
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def info(self) -> dict:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "split": self.split,
+            "resolution": self.resolution,
+            "images": len(self),
+            "skipped": self.skipped,
+            "fingerprint": self.fingerprint,
+            "preprocessing": PREPROCESSING,
+        }
+
+
+# ---------------------------------------------------------------- finding the files of a source
+
+
+@dataclass
+class _Listing:
+    kind: str  # celeba-kaggle | celeba-torchvision | folder | zip variants
+    names: list[str]  # relative names (or zip members), sorted
+    read: Callable[[str], bytes]
+    stamp: str  # cheap identity of the source's state, for the cache key
+
+
+def _read_partition(text: str, split: str) -> set[str]:
+    wanted = None if split == "all" else SPLITS[split]
+    keep = set()
+    for line in text.splitlines()[0:]:
+        parts = line.replace(",", " ").split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            continue  # header line
+        if wanted is None or int(parts[1]) == wanted:
+            keep.add(parts[0])
+    return keep
+
+
+def _folder_listing(root: Path, split: str) -> _Listing:
+    kaggle = root / "img_align_celeba" / "img_align_celeba"
+    tv_root = root if (root / "list_eval_partition.txt").exists() else root / "celeba"
+    for kind, img_dir, partition in (
+        ("celeba-kaggle", kaggle, root / "list_eval_partition.csv"),
+        ("celeba-torchvision", tv_root / "img_align_celeba", tv_root / "list_eval_partition.txt"),
+    ):
+        if img_dir.is_dir() and partition.is_file():
+            keep = _read_partition(partition.read_text(), split)
+            entries = sorted((e for e in os.scandir(img_dir) if e.name in keep), key=lambda e: e.name)
+            names = [str(Path(e.path).relative_to(root)) for e in entries]
+            stamp = ";".join(f"{e.name}:{e.stat().st_size}:{e.stat().st_mtime_ns}" for e in entries)
+            return _Listing(kind, names, lambda n: (root / n).read_bytes(), stamp)
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    names = [str(p.relative_to(root)) for p in files]
+    stamp = ";".join(f"{n}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for n, p in zip(names, files, strict=True))
+    return _Listing("folder", names, lambda n: (root / n).read_bytes(), stamp)
+
+
+def _zip_listing(path: Path, split: str) -> _Listing:
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise UserError(f"cannot open zip {path}: {err}") from None
+    members = [m for m in archive.namelist() if not m.endswith("/")]
+    partitions = [m for m in members if Path(m).name in ("list_eval_partition.csv", "list_eval_partition.txt")]
+    images = [m for m in members if Path(m).suffix.lower() in IMAGE_SUFFIXES]
+    kind = "zip"
+    if partitions and any("img_align_celeba/" in m for m in images):
+        keep = _read_partition(archive.read(partitions[0]).decode(), split)
+        images = [m for m in images if "img_align_celeba/" in m and Path(m).name in keep]
+        kind = "celeba-zip"
+    stat = path.stat()
+    return _Listing(kind, sorted(images), archive.read, f"{stat.st_size}:{stat.st_mtime_ns}")
+
+
+def _listing(path: Path, split: str) -> _Listing:
+    if not path.exists():
+        raise UserError(f"data path not found: {path}")
+    if path.is_file():
+        if path.suffix.lower() != ".zip":
+            raise UserError(f"data path {path} is a file; give a folder, a .zip or 'synthetic'")
+        listing = _zip_listing(path, split)
+    else:
+        listing = _folder_listing(path, split)
+    if not listing.names:
+        raise UserError(
+            f"no images found in {path} (looked for {'/'.join(s[1:] for s in IMAGE_SUFFIXES)} files, recursively)"
+        )
+    return listing
+
+
+# ---------------------------------------------------------------- decoding and preprocessing
+
+
+def preprocess(data: bytes, resolution: int) -> np.ndarray:
+    """Decode an image, center-crop it square and resize it with antialiasing: uint8 (3, R, R)."""
+    with Image.open(io.BytesIO(data)) as img:
+        img = img.convert("RGB")  # grayscale, palette and RGBA all become RGB
+        w, h = img.size
+        s = min(w, h)
+        left, top = (w - s) // 2, (h - s) // 2
+        img = img.crop((left, top, left + s, top + s))
+        img = img.resize((resolution, resolution), Image.Resampling.LANCZOS)
+        return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def _decode_chunk(args: tuple[list[bytes], int]) -> list[np.ndarray | str]:
+    blobs, resolution = args
+    out: list[np.ndarray | str] = []
+    for blob in blobs:
+        try:
+            out.append(preprocess(blob, resolution))
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+            out.append(f"{type(err).__name__}: {err}")
+    return out
+
+
+def _synthetic_chunk(args: tuple[int, int, int]) -> np.ndarray:
+    start, stop, resolution = args
+    return np.stack([synthetic.draw_face(i, resolution) for i in range(start, stop)])
+
+
+def _workers() -> int:
+    return max(1, min(len(os.sched_getaffinity(0)), 8))
+
+
+# ---------------------------------------------------------------- the cache
+
+
+def _write(dest: Path, chunks: Iterator[np.ndarray], count_max: int, resolution: int, meta: dict) -> int:
+    """Stream image chunks into dest/images.npy, then trim it and write meta.json last (it marks done)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    tmp = dest / "images.partial.npy"
+    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(count_max, 3, resolution, resolution))
+    n = 0
+    for chunk in chunks:
+        array[n : n + len(chunk)] = chunk
+        n += len(chunk)
+    array.flush()
+    del array
+    if n != count_max:  # skipped files: rewrite at the exact size so the array has no blank rows
+        full = np.load(tmp, mmap_mode="r")
+        trimmed = np.lib.format.open_memmap(dest / "images.trim.npy", mode="w+", dtype=np.uint8,
+                                            shape=(n, 3, resolution, resolution))
+        trimmed[:] = full[:n]
+        trimmed.flush()
+        del trimmed, full
+        os.replace(dest / "images.trim.npy", tmp)
+    os.replace(tmp, dest / "images.npy")
+    (dest / "meta.json").write_text(json.dumps({**meta, "images": n}, indent=2))
+    return n
+
+
+def _open(dest: Path) -> tuple[np.ndarray, dict] | None:
+    meta_path = dest / "meta.json"
+    if not meta_path.exists():
+        return None
+    return np.load(dest / "images.npy", mmap_mode="r"), json.loads(meta_path.read_text())
+
+
+def _prepare_synthetic(count: int, resolution: int, progress: bool) -> Prepared:
+    fingerprint = hashlib.sha256(f"synthetic:v{synthetic.VERSION}:{count}:{resolution}".encode()).hexdigest()[:16]
+    dest = cache_root() / "data" / f"synthetic-{fingerprint}"
+    cached = _open(dest)
+    if cached is None:
+        from tqdm import tqdm
+
+        log.info("drawing %d synthetic faces at %dx%d (once; cached in %s)", count, resolution, resolution, dest)
+        jobs = [(s, min(s + _CHUNK, count), resolution) for s in range(0, count, _CHUNK)]
+        with ProcessPoolExecutor(_workers()) as pool:
+            chunks = tqdm(pool.map(_synthetic_chunk, jobs), total=len(jobs), desc="drawing faces",
+                          unit="chunk", disable=not progress)
+            meta = {"name": "synthetic", "source": "synthetic", "split": "all", "fingerprint": fingerprint,
+                    "resolution": resolution, "skipped": 0, "skipped_examples": []}
+            _write(dest, chunks, count, resolution, meta)
+        cached, from_cache = _open(dest), False
+    else:
+        from_cache = True
+    images, meta = cached
+    return Prepared(images, "synthetic", meta["fingerprint"], "synthetic", "all", resolution, 0, from_cache)
+
+
+def prepare(source: str, split: str = "train", resolution: int = 64, synthetic_images: int = 5000,
+            progress: bool = True) -> Prepared:
+    """Prepare (or reuse) a data set; the log says which. Bad paths and unreadable sets are UserErrors."""
+    if split not in (*SPLITS, "all"):
+        raise UserError(f"unknown split {split!r}; choose train, valid, test or all")
+    if source == "synthetic":
+        return _prepare_synthetic(synthetic_images, resolution, progress)
+    path = Path(source).expanduser().resolve()
+    listing = _listing(path, split)
+    split_used = split if listing.kind.startswith("celeba") else "all"
+    key = hashlib.sha256(
+        f"{path}|{listing.kind}|{split_used}|{resolution}|{PREPROCESSING}|{listing.stamp}".encode()
+    ).hexdigest()[:16]
+    dest = cache_root() / "data" / f"{path.name}-{split_used}-{resolution}-{key}"
+    cached = _open(dest)
+    if cached is not None:
+        images, meta = cached
+        log.info("reusing prepared data %s (%d images, fingerprint %s): no decoding", dest, len(images),
+                 meta["fingerprint"])
+        return Prepared(images, meta["name"], meta["fingerprint"], str(path), split_used, resolution,
+                        meta["skipped"], True)
+
+    from tqdm import tqdm
+
+    log.info("preparing %d images from %s (%s, split %s) at %dx%d into %s", len(listing.names), path,
+             listing.kind, split_used, resolution, resolution, dest)
+    digest = hashlib.sha256(f"{PREPROCESSING}|{resolution}".encode())
+    skipped: list[str] = []
+
+    def chunks() -> Iterator[np.ndarray]:
+        batches = [listing.names[i : i + _CHUNK] for i in range(0, len(listing.names), _CHUNK)]
+
+        def blobs() -> Iterator[tuple[list[bytes], int]]:
+            for names in batches:
+                data = [listing.read(n) for n in names]
+                for n, b in zip(names, data, strict=True):
+                    digest.update(n.encode())
+                    digest.update(hashlib.sha256(b).digest())
+                yield data, resolution
+
+        with ProcessPoolExecutor(_workers()) as pool:
+            bar = tqdm(total=len(listing.names), desc="preparing", unit="img", disable=not progress)
+            for names, results in zip(batches, pool.map(_decode_chunk, blobs()), strict=True):
+                good = []
+                for name, result in zip(names, results, strict=True):
+                    if isinstance(result, str):
+                        skipped.append(f"{name} ({result})")
+                    else:
+                        good.append(result)
+                bar.update(len(names))
+                if good:
+                    yield np.stack(good)
+            bar.close()
+
+    meta = {"name": "celeba" if listing.kind.startswith("celeba") else path.name, "source": str(path),
+            "split": split_used, "resolution": resolution, "kind": listing.kind}
+    # The fingerprint is only known after every byte was read, so meta.json is completed afterwards.
+    n = _write(dest, chunks(), len(listing.names), resolution, {**meta, "fingerprint": "", "skipped": 0})
+    meta.update(fingerprint=digest.hexdigest()[:16], skipped=len(skipped), skipped_examples=skipped[:5], images=n)
+    if n == 0:
+        for leftover in dest.iterdir():
+            leftover.unlink()
+        dest.rmdir()
+        raise UserError(f"no readable image in {path}: all {len(skipped)} files failed to decode "
+                        f"(first: {skipped[0]})")
+    (dest / "meta.json").write_text(json.dumps(meta, indent=2))
+    if skipped:
+        log.warning("skipped %d unreadable files, e.g. %s", len(skipped), "; ".join(skipped[:3]))
+    images = np.load(dest / "images.npy", mmap_mode="r")
+    return Prepared(images, meta["name"], meta["fingerprint"], str(path), split_used, resolution, len(skipped), False)

@@ -1,0 +1,82 @@
+"""`bench eval`: score a run's latest checkpoint into that run, or any two image sets against each other."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from benchmark import checkpoint
+from benchmark import data as data_mod
+from benchmark.errors import UserError
+from benchmark.metrics import SMALL_N, Evaluator, provenance, score
+from benchmark.models import family
+from benchmark.models.common import pick_device
+from benchmark.spec import build_spec, load_toml
+from benchmark.tracking import Tracker
+from benchmark.train import CHECKPOINT
+
+log = logging.getLogger(__name__)
+
+
+def eval_run(run_id: str, samples: int | None = None, device_name: str = "auto", progress: bool = True) -> dict:
+    """Sample from a run's latest checkpoint and log FID/KID/PR into it at the checkpoint's step."""
+    tracker = Tracker(run_id) if _exists(run_id) else None
+    if tracker is None:
+        raise UserError(f"no MLflow run {run_id!r} in this tracking store")
+    ckpt_path = tracker.dir / CHECKPOINT
+    if not ckpt_path.is_file():
+        raise UserError(f"run {run_id} has no checkpoint yet ({ckpt_path})")
+    saved = load_toml(tracker.dir / "spec.toml")
+    cls, defaults = family(saved["model"])
+    spec = build_spec(saved["model"], defaults, saved)
+    state = checkpoint.load(ckpt_path)
+    run = tracker.client.get_run(run_id)
+    model = cls(spec, pick_device(device_name), run.data.tags.get("precision", "fp32"))
+    model.load_state_dict(state["model"])
+    step = int(state["meter"]["images_seen"])
+    n = samples or spec.eval["samples"] or 128
+    prepared = data_mod.prepare(spec.data, spec.split, spec.resolution, spec.synthetic_images, progress)
+    evaluator = Evaluator(batch_size=spec.eval["batch_size"], progress=progress)
+    real, cached = evaluator.real_features(prepared, spec.eval["real_samples"])
+    gen = torch.Generator().manual_seed(spec.seed + 777)
+    bs = spec.eval["batch_size"]
+    fake = evaluator.features((model.sample(min(bs, n - i), gen) for i in range(0, n, bs)), total=n, desc="fid")
+    values = score(fake, real, evaluator.weights)
+    values["eval_samples"] = n
+    tracker.metrics(values, step)
+    tracker.tags({**provenance(evaluator.weights, n, len(real.pool), f"{prepared.name}:{prepared.split}"),
+                  "metrics.real_stats": "reused from cache" if cached else "computed"})
+    tracker.flush()
+    return {"run_id": run_id, "images_seen": step, **values}
+
+
+def _exists(run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient().get_run(run_id)
+        return True
+    except MlflowException:
+        return False
+
+
+def eval_sets(real: str, fake: str, samples: int | None = None, split: str = "train", resolution: int = 64,
+              progress: bool = True) -> dict:
+    """FID/KID/PR between two image sets (folders, zips, CelebA layouts or 'synthetic')."""
+    real_set = data_mod.prepare(real, split, resolution, progress=progress)
+    fake_set = data_mod.prepare(fake, "all", resolution, progress=progress)
+    n_fake = min(samples or len(fake_set), len(fake_set))
+    n_real = min(samples or len(real_set), len(real_set))
+    if min(n_fake, n_real) < 2:
+        raise UserError("need at least 2 images on each side")
+    if n_fake < SMALL_N:
+        log.warning("%d generated images: FID at small N is biased upwards; compare only at equal N", n_fake)
+    evaluator = Evaluator(progress=progress)
+    real_feats, cached = evaluator.real_features(real_set, n_real)
+    fake_feats = evaluator.features(fake_set.images[:n_fake], desc="fake")
+    values = score(fake_feats, real_feats, evaluator.weights)
+    return {**values, "fake_samples": n_fake, "real_samples": n_real, "real_stats_cached": cached,
+            "weights_sha256": evaluator.weights.sha256, "is": values.get("is", "unavailable"),
+            "inception_images_per_second": evaluator.images_per_second}

@@ -1,0 +1,55 @@
+"""What every model family shares: device and precision choice, autocast, FLOP counting, uint8 output."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AMX or AVX512-BF16: the CPUs on which bf16 matmuls beat fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' is bf16 autocast where the hardware is fast at it (CUDA Ampere+, AMX CPUs), else fp32."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp32"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+def autocast(device: torch.device, precision: str) -> AbstractContextManager:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] floats -> uint8 on the CPU, rounded as PIL would save them."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().contiguous()
+
+
+def count_flops(fn: Callable[[], None], models: list[nn.Module]) -> float:
+    """FLOPs of fn, counted by torch.utils.flop_counter; the models' state is put back afterwards."""
+    saved = [copy.deepcopy(m.state_dict()) for m in models]
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    for model, state in zip(models, saved, strict=True):
+        model.load_state_dict(state)
+    return float(counter.get_total_flops())

@@ -1,0 +1,184 @@
+"""DCGAN (Radford et al. 2016) exactly as the seed report trained it: BCE, Adam, z of 100 dims."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmark.errors import UserError
+from benchmark.models.common import autocast, count_flops, to_uint8
+
+# The seed's settings; experiments/seed-dcgan.toml writes them out with its 50-epoch budget.
+DEFAULTS: dict[str, Any] = {
+    "z_dim": 100,
+    "ngf": 64,
+    "ndf": 64,
+    "lr_g": 1e-4,
+    "lr_d": 1e-4,
+    "beta1": 0.5,
+    "beta2": 0.9999,  # as the report writes it
+}
+
+
+class Generator(nn.Module):
+    """z (N, z_dim, 1, 1) -> image (N, 3, 64, 64) in [-1, 1]: five transposed convolutions."""
+
+    def __init__(self, z_dim: int = 100, ngf: int = 64):
+        super().__init__()
+
+        def up(cin: int, cout: int, stride: int = 2, pad: int = 1) -> list[nn.Module]:
+            return [nn.ConvTranspose2d(cin, cout, 4, stride, pad, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
+
+        self.main = nn.Sequential(
+            *up(z_dim, ngf * 8, 1, 0),  # 4x4
+            *up(ngf * 8, ngf * 4),  # 8x8
+            *up(ngf * 4, ngf * 2),  # 16x16
+            *up(ngf * 2, ngf),  # 32x32
+            nn.ConvTranspose2d(ngf, 3, 4, 2, 1, bias=False),  # 64x64
+            nn.Tanh(),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.main(z)
+
+
+class Discriminator(nn.Module):
+    """image (N, 3, 64, 64) -> probability of being real (N,): five convolutions, sigmoid output."""
+
+    def __init__(self, ndf: int = 64):
+        super().__init__()
+
+        def down(cin: int, cout: int, bn: bool = True) -> list[nn.Module]:
+            layers: list[nn.Module] = [nn.Conv2d(cin, cout, 4, 2, 1, bias=False)]
+            if bn:
+                layers.append(nn.BatchNorm2d(cout))
+            return [*layers, nn.LeakyReLU(0.2, inplace=True)]
+
+        self.main = nn.Sequential(
+            *down(3, ndf, bn=False),  # 32x32; no BatchNorm on the first layer (Radford et al.)
+            *down(ndf, ndf * 2),
+            *down(ndf * 2, ndf * 4),
+            *down(ndf * 4, ndf * 8),  # 4x4
+            nn.Conv2d(ndf * 8, 1, 4, 1, 0, bias=False),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.main(x).reshape(-1)
+
+
+def dcgan_init(module: nn.Module) -> None:
+    """N(0, 0.02) for convolutions, N(1, 0.02) for BatchNorm scales (Radford et al.)."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+class DCGAN:
+    """The family interface: build, train_step, sample, state_dict/load_state_dict, FLOPs."""
+
+    name = "dcgan"
+    sample_nfe = 1  # network evaluations per generated image
+
+    def __init__(self, spec, device: torch.device, precision: str):
+        if spec.resolution != 64:
+            raise UserError(f"dcgan is built for 64x64 images; got resolution {spec.resolution}")
+        self.device, self.precision = device, precision
+        self.z_dim = spec.z_dim
+        self.memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
+        torch.manual_seed(spec.seed)
+        self.G = Generator(spec.z_dim, spec.ngf).apply(dcgan_init).to(device, memory_format=self.memory_format)
+        self.D = Discriminator(spec.ndf).apply(dcgan_init).to(device, memory_format=self.memory_format)
+        betas = (spec.beta1, spec.beta2)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=spec.lr_g, betas=betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=spec.lr_d, betas=betas)
+        # Training noise has its own generator so that evaluation never shifts the training stream.
+        self.noise = torch.Generator(device="cpu").manual_seed(spec.seed + 1)
+
+    def _z(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randn(n, self.z_dim, 1, 1, generator=generator).to(self.device)
+
+    def train_step(self, real: torch.Tensor) -> dict[str, float]:
+        """One D step then one G step (non-saturating loss), as in the seed."""
+        real = real.to(self.device, memory_format=self.memory_format, non_blocking=True)
+        n = real.shape[0]
+        ones = torch.ones(n, device=self.device)
+        zeros = torch.zeros(n, device=self.device)
+        z = self._z(n, self.noise)
+
+        self.opt_d.zero_grad(set_to_none=True)
+        with autocast(self.device, self.precision):
+            d_real = self.D(real)
+            fake = self.G(z)
+            d_fake = self.D(fake.detach())
+        # BCE in fp32 outside autocast: it is unsafe to autocast.
+        loss_d = F.binary_cross_entropy(d_real.float(), ones) + F.binary_cross_entropy(d_fake.float(), zeros)
+        loss_d.backward()
+        self.opt_d.step()
+
+        self.opt_g.zero_grad(set_to_none=True)
+        # D's weight gradients from G's loss are thrown away by the next zero_grad; not computing them
+        # leaves every number unchanged and skips a third of the backward work through D.
+        self.D.requires_grad_(False)
+        with autocast(self.device, self.precision):
+            d_fake_g = self.D(fake)
+        loss_g = F.binary_cross_entropy(d_fake_g.float(), ones)
+        loss_g.backward()
+        self.D.requires_grad_(True)
+        self.opt_g.step()
+        return {
+            "loss_d": loss_d.item(),
+            "loss_g": loss_g.item(),
+            "d_x": d_real.float().mean().item(),
+            "d_g_z": d_fake.float().mean().item(),
+        }
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """n images as uint8 (n, 3, 64, 64), G in eval mode (BatchNorm running statistics)."""
+        was_training = self.G.training
+        self.G.eval()
+        with autocast(self.device, self.precision):
+            images = self.G(self._z(n, generator))
+        self.G.train(was_training)
+        return to_uint8(images)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "G": self.G.state_dict(),
+            "D": self.D.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "noise": self.noise.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.noise.set_state(state["noise"])
+
+    def flops_per_train_image(self) -> float:
+        """Forward + backward FLOPs of one training image: D on real and fake, G, D again for G's loss."""
+        real = torch.zeros(2, 3, 64, 64, device=self.device)
+        z = torch.zeros(2, self.z_dim, 1, 1, device=self.device)
+
+        def step() -> None:
+            fake = self.G(z)
+            (self.D(real).sum() + self.D(fake.detach()).sum()).backward()
+            self.D(fake).sum().backward()
+
+        flops = count_flops(step, [self.G, self.D]) / 2
+        for model in (self.G, self.D):
+            model.zero_grad(set_to_none=True)
+        return flops
+
+    def flops_per_sample(self) -> float:
+        z = torch.zeros(2, self.z_dim, 1, 1, device=self.device)
+        return count_flops(lambda: self.G(z), [self.G]) / 2

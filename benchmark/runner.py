@@ -1,0 +1,98 @@
+"""One tracked run: spec -> prepared data -> model family -> training loop -> MLflow, new or resumed."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from analysis.losses import plot_losses
+from benchmark import data as data_mod
+from benchmark.errors import UserError
+from benchmark.models import family
+from benchmark.models.common import pick_device, resolve_precision
+from benchmark.spec import RunSpec, build_spec, load_toml
+from benchmark.tracking import Tracker, environment_tags, runs_table_url
+from benchmark.train import Interrupted, train
+
+log = logging.getLogger(__name__)
+
+
+def prepare_data(spec: RunSpec, progress: bool = True) -> data_mod.Prepared:
+    if spec.data == "synthetic":
+        log.info("using the built-in synthetic faces (offline, no download); give --data or BENCH_DATA for CelebA")
+    return data_mod.prepare(spec.data, spec.split, spec.resolution, spec.synthetic_images, progress)
+
+
+def start(spec: RunSpec, device_name: str = "auto", experiment_name: str | None = None,
+          run_name: str | None = None, progress: bool = True) -> str:
+    """Start a new run of spec and train it to its budget; returns the MLflow run id."""
+    device = pick_device(device_name)
+    cls, _ = family(spec.model)
+    prepared = prepare_data(spec, progress)
+    precision = resolve_precision(spec.precision, device)
+    tags = {
+        **environment_tags(device),
+        "budget": spec.budget,
+        "dataset": prepared.name,
+        "dataset_fingerprint": prepared.fingerprint,
+        "dataset_images": len(prepared),
+        "dataset_skipped": prepared.skipped,
+        "dataset_split": prepared.split,
+        "synthetic_data": str(prepared.name == "synthetic").lower(),
+        "precision": precision,
+        "spec_hash": spec.hash(),
+        "mlflow.note.content": f"{spec.model} on {prepared.name} ({prepared.split}), budget {spec.budget}",
+    }
+    tracker = Tracker.create(experiment_name or spec.model, run_name, spec.flat_params(), tags)
+    (tracker.dir / "spec.toml").write_text(spec.to_toml())
+    tracker.publish("spec.toml")
+    log.info("MLflow run %s; runs table: %s", tracker.run_id, runs_table_url("http://127.0.0.1:5000",
+                                                                             tracker.experiment_id))
+    _train_tracked(spec, cls, device, precision, prepared, tracker, progress)
+    return tracker.run_id
+
+
+def resume(run_id: str, device_name: str = "auto", progress: bool = True) -> str:
+    """Continue a killed or failed run from its last checkpoint, into the same MLflow run."""
+    tracker = Tracker.resume(run_id)
+    spec_path = tracker.dir / "spec.toml"
+    if not spec_path.is_file():
+        raise UserError(f"run {run_id} has no spec.toml: it was not started by bench run")
+    saved = load_toml(spec_path)
+    cls, defaults = family(saved.get("model", ""))
+    spec = build_spec(saved["model"], defaults, saved)
+    device = pick_device(device_name)
+    prepared = prepare_data(spec, progress)
+    if prepared.fingerprint != tracker.client.get_run(run_id).data.tags.get("dataset_fingerprint"):
+        raise UserError(f"the data of run {run_id} changed since it started (fingerprint differs); not resuming")
+    precision = tracker.client.get_run(run_id).data.tags.get("precision") or resolve_precision(spec.precision, device)
+    _train_tracked(spec, cls, device, precision, prepared, tracker, progress)
+    return run_id
+
+
+def _train_tracked(spec: RunSpec, cls: type, device: torch.device, precision: str,
+                   prepared: data_mod.Prepared, tracker: Tracker, progress: bool) -> None:
+    if spec.seed is not None:
+        torch.manual_seed(spec.seed)
+    try:
+        model = cls(spec, device, precision)
+        meter = train(spec, model, prepared, tracker, progress)
+    except Interrupted as err:
+        tracker.end("KILLED", f"interrupted by {err}; resume with: bench run --resume {tracker.run_id}")
+        raise
+    except UserError as err:
+        tracker.end("FAILED", str(err))
+        raise
+    except BaseException as err:
+        tracker.end("FAILED", f"{type(err).__name__}: {err}")
+        raise
+    per_iteration = {k: tracker.history(k) for k in ("loss_d", "loss_g", "loss")}
+    per_epoch = {k: tracker.history(k) for k in ("loss_d_epoch", "loss_g_epoch", "loss_epoch")}
+    plot_losses(per_iteration, per_epoch, tracker.dir / "plots/losses.png", title=f"{spec.model} - {spec.budget}")
+    tracker.publish("plots/losses.png")
+    tracker.tags({"final_checkpoint": "checkpoints/last.pt", "images_seen": meter.images_seen,
+                  "device_hours": f"{meter.device_hours:.6f}"})
+    tracker.end("FINISHED")
+    log.info("finished: %d images, %.2f epochs, %.4f device-hours, %.4f PFLOPs", meter.images_seen, meter.epochs,
+             meter.device_hours, meter.pflops)

@@ -1,0 +1,197 @@
+"""The one budget-driven training loop: steps until the budget is spent, evaluates on a log-spaced
+schedule, checkpoints atomically and resumes exactly where a killed run stopped."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from benchmark import checkpoint
+from benchmark.budget import Meter
+from benchmark.data import Prepared
+from benchmark.metrics import SMALL_N, Evaluator, provenance, score
+from benchmark.spec import RunSpec
+from benchmark.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoints/last.pt"
+
+
+def eval_fractions(points: int) -> list[float]:
+    """Log-spaced fractions of the budget, doubling up to 1: 4 points -> 1/8, 1/4, 1/2, 1."""
+    points = max(1, points)
+    return [2.0 ** -(points - 1 - i) for i in range(points)]
+
+
+def batch_indices(images_seen: int, n: int, dataset_size: int, seed: int) -> np.ndarray:
+    """The next n data indices. The order is a fixed function of (seed, epoch), so the position in the
+    stream is just images_seen: a resumed run reads exactly the batches the killed one would have."""
+    out = []
+    while n > 0:
+        epoch, offset = divmod(images_seen, dataset_size)
+        perm = np.random.default_rng([seed, epoch]).permutation(dataset_size)
+        take = perm[offset : offset + n]
+        out.append(take)
+        n -= len(take)
+        images_seen += len(take)
+    return np.concatenate(out)
+
+
+@dataclass
+class LoopState:
+    next_eval: int = 0
+    epoch_sums: dict[str, float] = field(default_factory=dict)
+    epoch_steps: int = 0
+    last_epoch: int = 0
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived; the run checkpointed and is ending as KILLED."""
+
+
+def _to_float(batch: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(batch).float().div_(127.5).sub_(1.0)
+
+
+def save_grid(images: torch.Tensor, path) -> None:
+    from torchvision.utils import save_image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(images.float() / 255.0, path, nrow=int(np.ceil(np.sqrt(len(images)))), padding=2)
+
+
+def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress: bool = True) -> Meter:
+    """Train `model` (a family instance) on `data` until the spec's budget is spent."""
+    budget = spec.budget_obj
+    meter = Meter(dataset_size=len(data))
+    loop = LoopState()
+    ckpt_path = tracker.dir / CHECKPOINT
+    if ckpt_path.is_file():
+        state = checkpoint.load(ckpt_path)
+        model.load_state_dict(state["model"])
+        meter.load_state_dict(state["meter"])
+        loop = LoopState(**state["loop"])
+        torch.set_rng_state(state["torch_rng"])
+        log.info("resumed from %s at %d images (%.2f epochs)", ckpt_path, meter.images_seen, meter.epochs)
+
+    flops_per_image = model.flops_per_train_image()
+    fractions = eval_fractions(spec.eval["points"])
+    cap = budget.image_cap(len(data))
+    evaluator: Evaluator | None = None
+
+    def save_checkpoint() -> None:
+        start = time.perf_counter()
+        checkpoint.save(ckpt_path, {
+            "model": model.state_dict(),
+            "meter": meter.state_dict(),
+            "loop": loop.__dict__,
+            "torch_rng": torch.get_rng_state(),
+            "spec": spec.to_dict(),
+        })
+        meter.eval_seconds += time.perf_counter() - start  # not charged to the training budget
+
+    def evaluate() -> None:
+        nonlocal evaluator
+        start = time.perf_counter()
+        step = meter.images_seen
+        fixed = torch.Generator().manual_seed(spec.seed + 12345)
+        grid = model.sample(spec.eval["grid"], fixed)
+        rel = f"samples/grid_{step:010d}.png"
+        save_grid(grid, tracker.dir / rel)
+        tracker.publish(rel)
+        values = {"images_seen": step, "epochs": meter.epochs, "device_hours": meter.device_hours,
+                  "pflops": meter.pflops, "steps": meter.steps}
+        n = spec.eval["samples"]
+        if n > 0:
+            if evaluator is None:
+                evaluator = Evaluator(batch_size=spec.eval["batch_size"], progress=progress)
+                real, cached = evaluator.real_features(data, spec.eval["real_samples"])
+                evaluator.real = real
+                tracker.tags({**provenance(evaluator.weights, n, len(real.pool), f"{data.name}:{data.split}"),
+                              "metrics.real_stats": "reused from cache" if cached else "computed"})
+                if n < SMALL_N:
+                    log.warning("eval.samples=%d: FID at small N is biased upwards; read it as a trend, "
+                                "not a number comparable with papers", n)
+            gen = torch.Generator().manual_seed(spec.seed + 777)
+            sample_start = time.perf_counter()
+            batches = [model.sample(min(spec.eval["batch_size"], n - i), gen)
+                       for i in range(0, n, spec.eval["batch_size"])]
+            sample_seconds = time.perf_counter() - sample_start
+            fake = evaluator.features(batches, total=n, desc="fid")
+            values.update(score(fake, evaluator.real, evaluator.weights))
+            values.update(eval_samples=n, sample_seconds_per_image=sample_seconds / n, sample_nfe=model.sample_nfe)
+        meter.eval_seconds += time.perf_counter() - start
+        values["eval_seconds"] = meter.eval_seconds
+        tracker.metrics(values, step)
+        tracker.flush()
+        shown = {k: round(v, 4) for k, v in values.items() if k in ("fid", "kid_mean", "epochs")}
+        log.info("eval at %d images: %s", step, shown)
+
+    stop: list[int] = []
+
+    def on_signal(signum, _frame) -> None:
+        stop.append(signum)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    bar = tqdm(total=1000, desc=f"{model.name} {budget.text}", unit="‰", disable=not progress,
+               initial=int(1000 * budget.fraction_spent(meter)),
+               bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
+    last_ckpt = time.monotonic()
+    model_train = getattr(model, "train", None)
+    if callable(model_train):
+        model_train()
+    try:
+        while not budget.spent(meter):
+            n = spec.batch_size if cap is None else min(spec.batch_size, cap - meter.images_seen)
+            start = time.perf_counter()
+            idx = batch_indices(meter.images_seen, n, len(data), spec.seed)
+            batch = _to_float(np.asarray(data.images[idx]))
+            losses = model.train_step(batch)
+            meter.add_step(n, time.perf_counter() - start, flops_per_image)
+
+            for key, value in losses.items():
+                loop.epoch_sums[key] = loop.epoch_sums.get(key, 0.0) + value
+            loop.epoch_steps += 1
+            if meter.steps % spec.log_every == 0:
+                tracker.metrics(losses, meter.images_seen)
+            if int(meter.epochs) > loop.last_epoch:  # the seed's "mean loss per epoch"
+                loop.last_epoch = int(meter.epochs)
+                tracker.metrics({f"{k}_epoch": v / loop.epoch_steps for k, v in loop.epoch_sums.items()},
+                                loop.last_epoch)
+                loop.epoch_sums, loop.epoch_steps = {}, 0
+            tracker.maybe_flush()
+
+            fraction = budget.fraction_spent(meter)
+            bar.n = int(1000 * fraction)
+            bar.set_postfix_str(f"{meter.images_seen / max(meter.device_seconds, 1e-9):.1f} img/s "
+                                + " ".join(f"{k}={v:.3f}" for k, v in losses.items()), refresh=True)
+            if loop.next_eval < len(fractions) and fraction >= fractions[loop.next_eval] - 1e-12:
+                while loop.next_eval < len(fractions) and fraction >= fractions[loop.next_eval] - 1e-12:
+                    loop.next_eval += 1
+                evaluate()
+                save_checkpoint()
+                last_ckpt = time.monotonic()
+            elif time.monotonic() - last_ckpt >= spec.checkpoint_minutes * 60:
+                save_checkpoint()
+                last_ckpt = time.monotonic()
+            if stop:
+                save_checkpoint()
+                raise Interrupted(signal.Signals(stop[0]).name)
+        if loop.next_eval < len(fractions):  # a time budget can end between points
+            loop.next_eval = len(fractions)
+            evaluate()
+            save_checkpoint()
+    finally:
+        bar.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        tracker.flush()
+    return meter

@@ -1,0 +1,47 @@
+import pytest
+
+from benchmark.budget import Budget, Meter
+from benchmark.errors import UserError
+
+
+@pytest.mark.parametrize(
+    "text, field, value",
+    [("90s", "device_seconds", 90), ("30m", "device_seconds", 1800), ("58h", "device_seconds", 58 * 3600),
+     ("2d", "device_seconds", 172800), ("50ep", "epochs", 50), ("500kimg", "images", 500_000),
+     ("2Mimg", "images", 2_000_000), ("10000step", "steps", 10000), ("1e18flop", "flops", 1e18),
+     ("0.5h", "device_seconds", 1800)],
+)
+def test_parse_forms(text, field, value):
+    assert getattr(Budget.parse(text), field) == pytest.approx(value)
+
+
+def test_combination_stops_at_first_spent():
+    budget = Budget.parse("50ep|58h")
+    meter = Meter(dataset_size=100)
+    assert not budget.spent(meter)
+    meter.add_step(100 * 50, 10.0, 1.0)
+    assert budget.spent(meter)  # epochs spent long before the hours
+    meter2 = Meter(dataset_size=10**9)
+    meter2.add_step(1, 58 * 3600.0, 1.0)
+    assert budget.spent(meter2)
+
+
+@pytest.mark.parametrize("text", ["58x", "-1h", "0ep", "", "h", "1h|", "1h|2h", "0.1img"])
+def test_bad_budgets_name_accepted_forms(text):
+    with pytest.raises(UserError) as err:
+        Budget.parse(text)
+    assert "accepted" in str(err.value) or "twice" in str(err.value) or "below" in str(err.value)
+
+
+def test_meter_counts_every_axis_and_image_cap():
+    meter = Meter(dataset_size=1000, devices=2)
+    meter.add_step(128, 1.5, 1e9)
+    assert (meter.images_seen, meter.steps) == (128, 1)
+    assert meter.device_seconds == pytest.approx(3.0)  # wall time x devices
+    assert meter.flops == pytest.approx(128e9)
+    assert meter.epochs == pytest.approx(0.128)
+    assert Budget.parse("2ep|1000img").image_cap(1000) == 1000
+    assert Budget.parse("30m").image_cap(1000) is None
+    restored = Meter()
+    restored.load_state_dict(meter.state_dict())
+    assert restored == meter

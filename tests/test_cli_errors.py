@@ -1,0 +1,57 @@
+"""A user's mistake is one clear line on stderr and a non-zero exit, never a traceback."""
+
+import pytest
+
+from conftest import bench, bench_inprocess
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--data", "does/not/exist"], "data path not found"),
+    (["run", "--budget", "58x"], "bad budget '58x'"),
+    (["run", "--budget", "-1h"], "bad budget '-1h'"),
+    (["run", "--budget", "0ep"], "must be positive"),
+    (["run", "--model", "stylegan9"], "unknown model 'stylegan9'"),
+    (["run", "--set", "lr_gg=1"], "unknown key 'lr_gg'"),
+    (["run", "--set", "batch_size=big"], "batch_size must be int"),
+    (["run", "--experiment", "missing.toml"], "experiment file not found"),
+    (["run", "--resume", "0123456789abcdef"], "no MLflow run"),
+    (["eval", "--real", "synthetic"], "both --real and --fake"),
+])
+def test_one_line_errors(args, message, capsys):
+    code, _, err = bench_inprocess(*args, "--quiet", capsys=capsys)
+    assert code != 0
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert message in lines[0] and "Traceback" not in err
+
+
+def test_data_errors_empty_nonimage_unreadable_experiment(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.txt").write_text("hello")
+    (tmp_path / "bad.toml").write_bytes(b"\xff\xfe not toml")
+    for args, message in [(["run", "--data", str(tmp_path / "empty")], "no images found"),
+                          (["run", "--data", str(tmp_path / "texts")], "no images found"),
+                          (["run", "--experiment", str(tmp_path / "bad.toml")], "experiment file")]:
+        code, _, err = bench_inprocess(*args, "--quiet", capsys=capsys)
+        assert code != 0 and "Traceback" not in err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1 and message in lines[0], err
+
+
+def test_corrupt_jpeg_among_good_ones_is_skipped_and_counted(celeba, tmp_path, capsys, caplog):
+    import shutil
+
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for f in sorted((celeba / "img_align_celeba" / "img_align_celeba").glob("*.jpg"))[:20]:
+        shutil.copy(f, folder / f.name)
+    (folder / "000000.jpg").write_bytes(b"\xff\xd8\xff truncated")
+    code, out, err = bench_inprocess("data", "prepare", str(folder), "--quiet", capsys=capsys)
+    assert code == 0 and '"skipped": 1' in out and '"images": 20' in out
+    assert "000000.jpg" in caplog.text and "Traceback" not in err
+
+
+def test_help_lists_models_and_budget_forms():
+    out = bench("run", "--help").stdout  # a real process: the installed entry point works
+    assert "dcgan" in out and "58h" in out and "--resume" in out

@@ -1,0 +1,90 @@
+"""Metrics through the real torch-fidelity network, with weights converted offline, on real faces."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageFilter
+
+from benchmark import inception
+from benchmark.data import prepare
+from benchmark.metrics import Evaluator, provenance, score
+from conftest import bench_inprocess
+
+N = 80  # per set: enough for the ordering to be unambiguous, small enough for a 2-core CI
+
+
+@pytest.fixture(scope="module")
+def evaluator():
+    return Evaluator(progress=False)
+
+
+def test_converted_network_matches_torchscript(celeba, evaluator):
+    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
+    images = torch.from_numpy(np.asarray(prepare(str(celeba), "test", progress=False).images[:6]))
+    ours = evaluator.features(images).pool
+    scripted = torch.jit.load(str(inception.torchscript_path()), map_location="cpu").eval()
+    with torch.no_grad():
+        x = interpolate_bilinear_2d_like_tensorflow1x(images.float(), size=(299, 299), align_corners=False)
+        theirs = scripted((x - 128) / 128).reshape(len(images), -1, 1).mean(-1)
+    assert theirs.shape == ours.shape == (6, 2048)
+    assert (ours - theirs).abs().max().item() < 1e-4
+    assert evaluator.weights.origin == "converted-fid-helper" and not evaluator.weights.has_logits
+
+
+def _blur(images, radius):
+    return np.stack([np.asarray(Image.fromarray(im.transpose(1, 2, 0)).filter(ImageFilter.GaussianBlur(radius)))
+                     .transpose(2, 0, 1) for im in images])
+
+
+def test_fid_and_kid_order_on_real_faces(celeba, evaluator):
+    faces = np.asarray(prepare(str(celeba), "train", progress=False).images)
+    order = np.random.default_rng(1).permutation(len(faces))
+    half_a, half_b = faces[order[:N]], faces[order[N : 2 * N]]  # disjoint halves
+    noise = np.random.default_rng(2).integers(0, 256, half_b.shape, dtype=np.uint8)
+    real = evaluator.features(half_a)
+    results = {name: score(evaluator.features(x), real, evaluator.weights)
+               for name, x in [("real", half_b), ("blur1", _blur(half_b, 1)), ("blur2", _blur(half_b, 2)),
+                               ("noise", noise)]}
+    fids = [results[k]["fid"] for k in ("real", "blur1", "blur2", "noise")]
+    kids = [results[k]["kid_mean"] for k in ("real", "blur1", "blur2", "noise")]
+    assert fids == sorted(fids) and len(set(fids)) == 4, fids
+    assert kids == sorted(kids), kids
+    assert abs(results["real"]["kid_mean"]) <= 2 * results["real"]["kid_std"], results["real"]
+    assert "is" not in results["real"]  # converted weights have no logits: IS is unavailable, never a number
+    assert provenance(evaluator.weights, N, N, "celeba:train")["metrics.is"].startswith("unavailable")
+
+
+def test_inception_score_plumbing_with_seeded_logits_head(tmp_path, monkeypatch, celeba):
+    """Not real IS weights: a seeded random logits head, only to check that IS flows through our path."""
+    converted = inception.resolve_weights()
+    state = torch.load(converted.path, weights_only=True)
+    gen = torch.Generator().manual_seed(0)
+    state["fc.weight"] = torch.randn(1008, 2048, generator=gen) * 0.05
+    state["fc.bias"] = torch.zeros(1008)
+    path = tmp_path / "seeded-logits-head.pth"
+    torch.save(state, path)
+    monkeypatch.setenv("BENCH_INCEPTION_WEIGHTS", str(path))
+    weights = inception.resolve_weights()
+    assert weights.has_logits and weights.origin == "env"
+    ev = Evaluator(weights, progress=False)
+    images = np.asarray(prepare(str(celeba), "test", progress=False).images[:10])
+    feats = ev.features(images)
+    assert feats.logits is not None and feats.logits.shape == (10, 1008)
+    values = score(feats, feats, weights)
+    assert 1.0 <= values["is"] <= 1008 and values["is_std"] >= 0
+
+
+def test_eval_cli_real_vs_fake_folder_offline(celeba, tmp_path, capsys):
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    for i, img in enumerate(prepare("synthetic", synthetic_images=40, progress=False).images):
+        Image.fromarray(np.asarray(img).transpose(1, 2, 0)).save(fake / f"{i:03d}.png")
+    code, out, err = bench_inprocess("eval", "--real", str(celeba), "--fake", str(fake), "--samples", "40",
+                                     "--json", capsys=capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["fid"] > 0 and "kid_mean" in result and result["is"] == "unavailable"
+    assert result["fake_samples"] == 40 and not (tmp_path / "torch-home" / "hub").exists()  # nothing downloaded

@@ -1,0 +1,48 @@
+"""`bench run` end to end on real faces: MLflow params, tags, step metrics, grids, metrics, caches."""
+
+import logging
+
+from mlflow.tracking import MlflowClient
+
+from conftest import TINY, bench_inprocess
+
+METRICS = ["--set", "eval.samples=16", "--set", "eval.real_samples=32", "--set", "eval.points=2"]
+
+
+def test_dcgan_run_on_celeba_logs_everything_and_reuses_caches(celeba, capsys, caplog):
+    caplog.set_level(logging.INFO)
+    args = ["run", "--model", "dcgan", "--data", str(celeba), "--budget", "64img", *TINY, *METRICS,
+            "--set", "log_every=1"]
+    code, _, err = bench_inprocess(*args, capsys=capsys)
+    assert code == 0, err
+    client = MlflowClient()
+    (exp,) = [e for e in client.search_experiments() if e.name == "dcgan"]
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["lr_g"] == "0.0001" and run.data.params["beta2"] == "0.9999"
+    assert run.data.params["eval.samples"] == "16"
+    tags = run.data.tags
+    assert tags["dataset"] == "celeba" and len(tags["dataset_fingerprint"]) == 16 and tags["budget"] == "64img"
+    assert {"git_commit", "device", "torch_version", "precision", "metrics.weights_sha256"} <= set(tags)
+    assert tags["metrics.is"].startswith("unavailable")
+    fid = client.get_metric_history(run.info.run_id, "fid")
+    assert [m.step for m in fid] == [32, 64]  # every eval point (1/2 of the budget) and the end
+    assert len(client.get_metric_history(run.info.run_id, "loss_d")) == 4  # every step at batch 16
+    for key in ("kid_mean", "device_hours", "pflops", "epochs", "sample_seconds_per_image"):
+        assert client.get_metric_history(run.info.run_id, key), key
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"spec.toml", "samples", "plots", "checkpoints"} <= artifacts
+    grids = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
+    assert grids == {"samples/grid_0000000032.png", "samples/grid_0000000064.png"}
+    assert "computing real statistics" in caplog.text
+
+    caplog.clear()
+    code, _, err = bench_inprocess(*args, "--experiment-name", "again", capsys=capsys)
+    assert code == 0, err
+    assert "reusing prepared data" in caplog.text and "no decoding" in caplog.text
+    assert "reusing cached real statistics" in caplog.text
+
+    code, out, err = bench_inprocess("eval", run.info.run_id, "--samples", "16", capsys=capsys)
+    assert code == 0, err
+    assert "fid" in out and "kid_mean" in out
+    assert len(client.get_metric_history(run.info.run_id, "fid")) == 3

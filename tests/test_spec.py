@@ -1,0 +1,45 @@
+import pytest
+
+from benchmark.errors import UserError
+from benchmark.models.dcgan import DEFAULTS
+from benchmark.spec import build_spec, load_toml
+from conftest import ROOT
+
+
+def test_seed_dcgan_experiment_is_the_report_as_written():
+    spec = build_spec("dcgan", DEFAULTS, load_toml(ROOT / "experiments" / "seed-dcgan.toml"))
+    assert (spec.lr_g, spec.lr_d, spec.beta1, spec.beta2) == (1e-4, 1e-4, 0.5, 0.9999)
+    assert (spec.batch_size, spec.z_dim, spec.budget) == (128, 100, "50ep")
+
+
+def test_overrides_win_and_are_typed():
+    spec = build_spec("dcgan", DEFAULTS, {"budget": "1h"}, ["lr_g=2e-4", "eval.samples=10", "channels_last=false"],
+                      {"budget": "2ep"})
+    assert spec.lr_g == 2e-4 and spec.eval["samples"] == 10 and spec.channels_last is False
+    assert spec.budget == "2ep"
+    assert "lr_g = 0.0002" in spec.to_toml()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("nope=1", "unknown key 'nope'"), ("eval.nope=1", "unknown key 'eval.nope'"),
+    ("lr_g=fast", "lr_g must be float"), ("batch_size=1.5", "batch_size must be int"),
+    ("precision=fp8", "precision must be one of"), ("lr_g", "key=value"), ("budget=58x", "bad budget"),
+])
+def test_bad_overrides_are_user_errors(override, message):
+    with pytest.raises(UserError, match=message):
+        build_spec("dcgan", DEFAULTS, {}, [override])
+
+
+def test_unreadable_experiment_files(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_toml(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("budget = [unclosed")
+    with pytest.raises(UserError, match="not valid TOML"):
+        load_toml(bad)
+
+
+def test_hash_changes_with_any_field():
+    a = build_spec("dcgan", DEFAULTS)
+    b = build_spec("dcgan", DEFAULTS, overrides=["seed=1"])
+    assert a.hash() != b.hash() and a.hash() == build_spec("dcgan", DEFAULTS).hash()
