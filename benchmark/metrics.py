@@ -37,7 +37,8 @@ class Evaluator:
     def __init__(self, weights: InceptionWeights | None = None, batch_size: int = 64, progress: bool = True):
         self.weights = weights or resolve_weights()
         # channels_last is an honest speed-up on CPU: same fp32 arithmetic, ~1.3x faster here.
-        self.net = feature_extractor(self.weights).to(memory_format=torch.channels_last)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.net = feature_extractor(self.weights).to(self.device, memory_format=torch.channels_last)
         self.batch_size = batch_size
         self.progress = progress
         self.seconds = 0.0
@@ -49,14 +50,14 @@ class Evaluator:
         if isinstance(batches, (np.ndarray, torch.Tensor)):
             array = batches
             total = len(array)
-            batches = (torch.as_tensor(np.asarray(array[i : i + self.batch_size]))
+            batches = (torch.as_tensor(np.array(array[i : i + self.batch_size]))
                        for i in range(0, len(array), self.batch_size))
         pools, logits = [], []
         start = time.perf_counter()
         with torch.inference_mode(), tqdm(total=total, desc=desc, unit="img", disable=not self.progress,
                                           leave=False) as bar:
             for batch in batches:
-                out = self.net(batch.to("cpu" if batch.device.type == "cpu" else batch.device))
+                out = self.net(batch.to(self.device))
                 pools.append(out[0].cpu())
                 if self.weights.has_logits:
                     logits.append(out[1].cpu())

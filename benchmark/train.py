@@ -160,7 +160,8 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
             for key, value in losses.items():
                 loop.epoch_sums[key] = loop.epoch_sums.get(key, 0.0) + value
             loop.epoch_steps += 1
-            if meter.steps % spec.log_every == 0:
+            logged = meter.steps % spec.log_every == 0 or meter.steps == 1 or budget.spent(meter)
+            if logged:
                 tracker.metrics(losses, meter.images_seen)
             if int(meter.epochs) > loop.last_epoch:  # the seed's "mean loss per epoch"
                 loop.last_epoch = int(meter.epochs)
@@ -185,6 +186,9 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
             if stop:
                 save_checkpoint()
                 raise Interrupted(signal.Signals(stop[0]).name)
+        if loop.epoch_steps:  # the last, partial epoch still gets its mean in the seed's per-epoch plot
+            tracker.metrics({f"{k}_epoch": v / loop.epoch_steps for k, v in loop.epoch_sums.items()},
+                            loop.last_epoch + 1)
         if loop.next_eval < len(fractions):  # a time budget can end between points
             loop.next_eval = len(fractions)
             evaluate()

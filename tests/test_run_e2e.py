@@ -28,6 +28,8 @@ def test_dcgan_run_on_celeba_logs_everything_and_reuses_caches(celeba, capsys, c
     fid = client.get_metric_history(run.info.run_id, "fid")
     assert [m.step for m in fid] == [32, 64]  # every eval point (1/2 of the budget) and the end
     assert len(client.get_metric_history(run.info.run_id, "loss_d")) == 4  # every step at batch 16
+    # 64 of 4591 training images: less than an epoch, whose mean still reaches the seed's per-epoch plot
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss_d_epoch")] == [1]
     for key in ("kid_mean", "device_hours", "pflops", "epochs", "sample_seconds_per_image"):
         assert client.get_metric_history(run.info.run_id, key), key
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}

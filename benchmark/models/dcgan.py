@@ -169,10 +169,12 @@ class DCGAN:
         real = torch.zeros(2, 3, 64, 64, device=self.device)
         z = torch.zeros(2, self.z_dim, 1, 1, device=self.device)
 
-        def step() -> None:
+        def step() -> None:  # the work of train_step, D's skipped weight gradients included
             fake = self.G(z)
             (self.D(real).sum() + self.D(fake.detach()).sum()).backward()
+            self.D.requires_grad_(False)
             self.D(fake).sum().backward()
+            self.D.requires_grad_(True)
 
         flops = count_flops(step, [self.G, self.D]) / 2
         for model in (self.G, self.D):
