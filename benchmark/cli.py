@@ -152,6 +152,56 @@ def data_info(path, split, resolution) -> None:
     click.echo(json.dumps(prepare(path, split, int(resolution), progress=False).info(), indent=2))
 
 
+# ---------------------------------------------------------------- study
+
+
+@cli.command()
+@click.option("--model", default="dcgan", show_default=True, help="Model family to tune.")
+@click.option("--trials", type=click.IntRange(1), default=20, show_default=True,
+              help="Trials the study should hold (finished, pruned or failed); a re-run tops it up.")
+@click.option("--trial-budget", default="30m", show_default=True, help="Budget of each trial, as for bench run.")
+@click.option("--study-name", help="Optuna study name; the same name continues a study. Default: MODEL-BUDGET.")
+@click.option("--storage", help="Optuna storage: a journal file path (default: optuna-journal.log beside the "
+              "MLflow store) or a database URL, e.g. postgresql+psycopg2://user@host/db for many machines.")
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+              help="Worker processes on this machine; the same command elsewhere joins the study.")
+@click.option("--sampler", type=click.Choice(["tpe", "random", "cmaes"]), default="tpe", show_default=True)
+@click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]), default="median", show_default=True,
+              help="Stops hopeless trials early on the FID reported at each eval point.")
+@click.option("--space", "space_file", help="Search space TOML; default experiments/studies/MODEL.toml.")
+@click.option("--data", envvar="BENCH_DATA", help="Data, as for bench run (default synthetic).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Fixed spec overrides for every trial.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Trial n trains with seed + n.")
+@click.option("--experiment-name", help="MLflow experiment; default study-MODEL.")
+@click.option("--worker-of", hidden=True, help="Internal: run as a worker of this parent MLflow run.")
+@device_option
+@tracking_option
+@quiet_option
+def study(model, trials, trial_budget, study_name, storage, workers, sampler, pruner, space_file, data, overrides,
+          seed, experiment_name, worker_of, device, tracking_uri, quiet) -> None:
+    """Tune learning rates and Adam betas with Optuna at a fixed budget per trial, pruning hopeless trials."""
+    from pathlib import Path
+
+    from benchmark import study as study_mod
+    from benchmark.budget import Budget
+
+    _setup_logging(quiet)
+    _tracking(tracking_uri)
+    Budget.parse(trial_budget)
+    space_file = space_file or str(Path(__file__).resolve().parents[1] / "experiments" / "studies" / f"{model}.toml")
+    opts = study_mod.StudyOptions(
+        model=model, trials=trials, trial_budget=trial_budget,
+        study_name=study_name or f"{model}-{trial_budget}", storage=storage or study_mod.default_storage(),
+        space_file=space_file, sampler=sampler, pruner=pruner, data=data, overrides=tuple(overrides), seed=seed,
+        experiment_name=experiment_name, device=device)
+    if worker_of:
+        study_mod.run_worker(opts, worker_of)
+        return
+    summary = study_mod.run_study(opts, workers, progress=not quiet)
+    click.echo(json.dumps(summary, indent=2, default=str))
+    click.echo(f"open the study: {summary['dashboard']}")
+
+
 # ---------------------------------------------------------------- calibrate, ui
 
 

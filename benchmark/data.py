@@ -25,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from benchmark import synthetic
 from benchmark.errors import UserError
+from benchmark.filelock import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +217,11 @@ def _open(dest: Path) -> tuple[np.ndarray, dict] | None:
 def _prepare_synthetic(count: int, resolution: int, progress: bool) -> Prepared:
     fingerprint = hashlib.sha256(f"synthetic:v{synthetic.VERSION}:{count}:{resolution}".encode()).hexdigest()[:16]
     dest = cache_root() / "data" / f"synthetic-{fingerprint}"
+    with file_lock(dest.with_suffix(".lock")):  # concurrent workers prepare once, the others wait and reuse
+        return _prepare_synthetic_locked(dest, fingerprint, count, resolution, progress)
+
+
+def _prepare_synthetic_locked(dest: Path, fingerprint: str, count: int, resolution: int, progress: bool) -> Prepared:
     cached = _open(dest)
     if cached is None:
         from tqdm import tqdm
@@ -249,6 +255,12 @@ def prepare(source: str, split: str = "train", resolution: int = 64, synthetic_i
         f"{path}|{listing.kind}|{split_used}|{resolution}|{PREPROCESSING}|{listing.stamp}".encode()
     ).hexdigest()[:16]
     dest = cache_root() / "data" / f"{path.name}-{split_used}-{resolution}-{key}"
+    with file_lock(dest.with_suffix(".lock")):  # concurrent workers prepare once, the others wait and reuse
+        return _prepare_locked(dest, path, listing, split_used, resolution, progress)
+
+
+def _prepare_locked(dest: Path, path: Path, listing: _Listing, split_used: str, resolution: int,
+                    progress: bool) -> Prepared:
     cached = _open(dest)
     if cached is not None:
         images, meta = cached

@@ -3,3 +3,7 @@
 
 class UserError(Exception):
     """A mistake in the user's input: the CLI prints its message as one line and exits non-zero."""
+
+
+class Diverged(UserError):
+    """Training produced NaN or infinity: the run fails with that reason (in a study, the trial does)."""

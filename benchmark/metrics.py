@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from benchmark.data import Prepared, cache_root
+from benchmark.filelock import file_lock
 from benchmark.inception import FEATURE_EXTRACTOR, InceptionWeights, feature_extractor, resolve_weights
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,10 @@ class Evaluator:
         n = min(n, len(data))
         key = f"{data.fingerprint}-{data.split}-{data.resolution}-n{n}-{self.weights.sha256}"
         path = cache_root() / "real_stats" / f"{key}.pt"
+        with file_lock(path.with_suffix(".lock")):  # study workers compute them once, the others reuse
+            return self._real_features_locked(data, n, path)
+
+    def _real_features_locked(self, data: Prepared, n: int, path) -> tuple[Features, bool]:
         if path.is_file():
             saved = torch.load(path, map_location="cpu", weights_only=True)
             log.info("reusing cached real statistics %s (%d images)", path.name, n)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import optuna
 import torch
 
 from analysis.losses import plot_losses
@@ -25,8 +26,11 @@ def prepare_data(spec: RunSpec, progress: bool = True) -> data_mod.Prepared:
 
 
 def start(spec: RunSpec, device_name: str = "auto", experiment_name: str | None = None,
-          run_name: str | None = None, progress: bool = True) -> str:
-    """Start a new run of spec and train it to its budget; returns the MLflow run id."""
+          run_name: str | None = None, progress: bool = True, extra_tags: dict | None = None,
+          on_eval=None, on_tracker=None) -> str:
+    """Start a new run of spec and train it to its budget; returns the MLflow run id.
+
+    extra_tags, on_eval and on_tracker let a study nest the run under its parent and prune it."""
     device = pick_device(device_name)
     cls, _ = family(spec.model)
     prepared = prepare_data(spec, progress)
@@ -43,13 +47,16 @@ def start(spec: RunSpec, device_name: str = "auto", experiment_name: str | None 
         "precision": precision,
         "spec_hash": spec.hash(),
         "mlflow.note.content": f"{spec.model} on {prepared.name} ({prepared.split}), budget {spec.budget}",
+        **(extra_tags or {}),
     }
     tracker = Tracker.create(experiment_name or spec.model, run_name, spec.flat_params(), tags)
     (tracker.dir / "spec.toml").write_text(spec.to_toml())
     tracker.publish("spec.toml")
     log.info("MLflow run %s; runs table: %s", tracker.run_id, runs_table_url("http://127.0.0.1:5000",
                                                                              tracker.experiment_id))
-    _train_tracked(spec, cls, device, precision, prepared, tracker, progress)
+    if on_tracker is not None:
+        on_tracker(tracker)
+    _train_tracked(spec, cls, device, precision, prepared, tracker, progress, on_eval)
     return tracker.run_id
 
 
@@ -72,12 +79,17 @@ def resume(run_id: str, device_name: str = "auto", progress: bool = True) -> str
 
 
 def _train_tracked(spec: RunSpec, cls: type, device: torch.device, precision: str,
-                   prepared: data_mod.Prepared, tracker: Tracker, progress: bool) -> None:
+                   prepared: data_mod.Prepared, tracker: Tracker, progress: bool, on_eval=None) -> None:
     if spec.seed is not None:
         torch.manual_seed(spec.seed)
     try:
         model = cls(spec, device, precision)
-        meter = train(spec, model, prepared, tracker, progress)
+        meter = train(spec, model, prepared, tracker, progress, on_eval)
+    except optuna.TrialPruned as err:
+        tracker.tags({"optuna.state": "PRUNED"})
+        tracker.end("FINISHED", None)
+        log.info("pruned: %s", err)
+        raise
     except Interrupted as err:
         tracker.end("KILLED", f"interrupted by {err}; resume with: bench run --resume {tracker.run_id}")
         raise

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,7 @@ from tqdm import tqdm
 from benchmark import checkpoint
 from benchmark.budget import Meter
 from benchmark.data import Prepared
+from benchmark.errors import Diverged
 from benchmark.metrics import SMALL_N, Evaluator, provenance, score
 from benchmark.spec import RunSpec
 from benchmark.tracking import Tracker
@@ -68,8 +70,11 @@ def save_grid(images: torch.Tensor, path) -> None:
     save_image(images.float() / 255.0, path, nrow=int(np.ceil(np.sqrt(len(images)))), padding=2)
 
 
-def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress: bool = True) -> Meter:
-    """Train `model` (a family instance) on `data` until the spec's budget is spent."""
+def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress: bool = True,
+          on_eval: Callable[[dict[str, float], Meter], None] | None = None) -> Meter:
+    """Train `model` (a family instance) on `data` until the spec's budget is spent.
+
+    on_eval sees each evaluation's values (a study reports them to its pruner and may raise to stop)."""
     budget = spec.budget_obj
     meter = Meter(dataset_size=len(data))
     loop = LoopState()
@@ -134,6 +139,8 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
         tracker.flush()
         shown = {k: round(v, 4) for k, v in values.items() if k in ("fid", "kid_mean", "epochs")}
         log.info("eval at %d images: %s", step, shown)
+        if on_eval is not None:
+            on_eval(values, meter)
 
     stop: list[int] = []
 
@@ -155,6 +162,10 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
             idx = batch_indices(meter.images_seen, n, len(data), spec.seed)
             batch = _to_float(np.asarray(data.images[idx]))
             losses = model.train_step(batch)
+            bad = {k: v for k, v in losses.items() if not np.isfinite(v)}
+            if bad:
+                raise Diverged(f"training diverged: {', '.join(f'{k}={v}' for k, v in bad.items())} "
+                               f"at step {meter.steps + 1} ({meter.images_seen} images)")
             meter.add_step(n, time.perf_counter() - start, flops_per_image)
 
             for key, value in losses.items():

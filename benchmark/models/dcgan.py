@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.errors import UserError
+from benchmark.errors import Diverged, UserError
 from benchmark.models.common import autocast, count_flops, to_uint8
 
 # The seed's settings; experiments/seed-dcgan.toml writes them out with its 50-epoch budget.
@@ -116,6 +116,8 @@ class DCGAN:
             d_real = self.D(real)
             fake = self.G(z)
             d_fake = self.D(fake.detach())
+        if not (torch.isfinite(d_real).all() and torch.isfinite(d_fake).all()):
+            raise Diverged("training diverged: the discriminator's output became NaN or infinite")
         # BCE in fp32 outside autocast: it is unsafe to autocast.
         loss_d = F.binary_cross_entropy(d_real.float(), ones) + F.binary_cross_entropy(d_fake.float(), zeros)
         loss_d.backward()
@@ -127,6 +129,8 @@ class DCGAN:
         self.D.requires_grad_(False)
         with autocast(self.device, self.precision):
             d_fake_g = self.D(fake)
+        if not torch.isfinite(d_fake_g).all():
+            raise Diverged("training diverged: the discriminator's output became NaN or infinite")
         loss_g = F.binary_cross_entropy(d_fake_g.float(), ones)
         loss_g.backward()
         self.D.requires_grad_(True)

@@ -1,0 +1,399 @@
+"""Optuna studies: search spaces from TOML, the objective at a budget, pruning, storage, workers, and
+a parent MLflow run per study with a nested run per trial.
+
+Storage is a journal file beside the MLflow store by default (safe for many processes on one machine),
+or any Optuna RDB URL (PostgreSQL with heartbeats for workers on many machines). Sampler and pruner
+are not kept in storage: every worker builds them from the same options.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import socket
+import subprocess
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import mlflow
+import optuna
+import psutil
+from optuna.trial import TrialState
+
+from benchmark import runner
+from benchmark.data import cache_root
+from benchmark.errors import UserError
+from benchmark.filelock import file_lock
+from benchmark.models import family
+from benchmark.spec import build_spec, load_toml
+from benchmark.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+KINDS = ("float", "int", "categorical", "one_minus_log")
+METRICS = ("fid", "kid_mean")
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+# ---------------------------------------------------------------- search spaces
+
+
+def load_space(path: str | Path, family_defaults: dict[str, Any]) -> tuple[dict[str, dict], str]:
+    """Read and validate a search space file: ({param: distribution spec}, metric)."""
+    raw = load_toml(path)
+    params = raw.get("params")
+    if not isinstance(params, dict) or not params:
+        raise UserError(f"search space {path} has no [params.NAME] tables")
+    metric = raw.get("metric", "fid")
+    if metric not in METRICS:
+        raise UserError(f"search space {path}: metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    known = set(family_defaults) | {"batch_size"}
+    for name, dist in params.items():
+        where = f"search space {path}, params.{name}"
+        if name not in known:
+            raise UserError(f"{where}: not a field of this model; known: {', '.join(sorted(known))}")
+        if not isinstance(dist, dict) or dist.get("kind") not in KINDS:
+            raise UserError(f"{where}: kind must be one of {', '.join(KINDS)}")
+        if dist["kind"] == "categorical":
+            if not isinstance(dist.get("choices"), list) or not dist["choices"]:
+                raise UserError(f"{where}: categorical needs a non-empty choices list")
+            continue
+        low, high = dist.get("low"), dist.get("high")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or low >= high:
+            raise UserError(f"{where}: needs numbers low < high, got low={low!r} high={high!r}")
+        if dist.get("log") and low <= 0:
+            raise UserError(f"{where}: a log scale needs low > 0")
+        if dist["kind"] == "one_minus_log" and not (0 <= low < high < 1):
+            raise UserError(f"{where}: one_minus_log needs 0 <= low < high < 1")
+    return params, metric
+
+
+def suggest(trial: optuna.Trial, space: dict[str, dict]) -> dict[str, Any]:
+    """Draw one point of the space for this trial."""
+    values: dict[str, Any] = {}
+    for name, d in space.items():
+        if d["kind"] == "float":
+            values[name] = trial.suggest_float(name, d["low"], d["high"], log=bool(d.get("log")))
+        elif d["kind"] == "int":
+            values[name] = trial.suggest_int(name, int(d["low"]), int(d["high"]), log=bool(d.get("log")))
+        elif d["kind"] == "categorical":
+            values[name] = trial.suggest_categorical(name, d["choices"])
+        else:  # log-uniform on 1 - value: 0.9, 0.99, 0.999 are equally likely scales
+            gap = trial.suggest_float(f"one_minus_{name}", 1 - d["high"], 1 - d["low"], log=True)
+            values[name] = 1 - gap
+    return values
+
+
+# ---------------------------------------------------------------- storage, sampler, pruner
+
+
+def default_storage() -> str:
+    """A journal file beside the MLflow store (or in the working directory)."""
+    uri = mlflow.get_tracking_uri()
+    parsed = urlparse(uri)
+    if parsed.scheme in ("sqlite", "", "file"):
+        path = unquote(parsed.path)
+        folder = Path("/" + path.lstrip("/") if path.startswith("/") else path).parent
+    else:
+        folder = Path.cwd()
+    return str(folder / "optuna-journal.log")
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    if "://" not in url:
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(url))
+    # Heartbeats mark a trial whose worker vanished as failed, so another worker can carry on.
+    return optuna.storages.RDBStorage(url, heartbeat_interval=5, grace_period=20)
+
+
+def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=4)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed)
+    raise UserError(f"unknown sampler {name!r}; choose tpe, random or cmaes")
+
+
+def make_pruner(name: str) -> optuna.pruners.BasePruner:
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise UserError(f"unknown pruner {name!r}; choose median, hyperband or none")
+
+
+# ---------------------------------------------------------------- the study
+
+
+@dataclass
+class StudyOptions:
+    model: str
+    trials: int
+    trial_budget: str
+    study_name: str
+    storage: str
+    space_file: str
+    sampler: str = "tpe"
+    pruner: str = "median"
+    data: str | None = None
+    overrides: tuple[str, ...] = ()
+    seed: int = 0
+    experiment_name: str | None = None
+    device: str = "auto"
+
+
+def _worker_id() -> str:
+    proc = psutil.Process()
+    return f"{socket.gethostname()}:{proc.pid}:{proc.create_time():.0f}"
+
+
+def _worker_alive(worker: str) -> bool:
+    host, pid, created = worker.rsplit(":", 2)
+    if host != socket.gethostname():
+        return True  # another machine's worker: its heartbeat (RDB storage) speaks for it
+    try:
+        return f"{psutil.Process(int(pid)).create_time():.0f}" == created
+    except (psutil.NoSuchProcess, ValueError):
+        return False
+
+
+def _died(trial: optuna.trial.FrozenTrial) -> bool:
+    return bool(trial.user_attrs.get("worker_died")) or "stale" in str(trial.system_attrs.get("fail_reason", ""))
+
+
+def counted(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Trials that count towards --trials: finished or running, but not those whose worker died."""
+    return [t for t in study.get_trials(deepcopy=False)
+            if (t.state in FINISHED or t.state == TrialState.RUNNING) and not _died(t)]
+
+
+def fail_dead_workers(study: optuna.Study) -> int:
+    """Mark RUNNING trials of dead workers on this machine as failed (the journal file has no heartbeat)."""
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker")
+        if worker and not _worker_alive(worker):
+            storage = study._storage
+            storage.set_trial_user_attr(t._trial_id, "worker_died", True)
+            storage.set_trial_user_attr(t._trial_id, "fail_reason", f"worker {worker} died mid-trial")
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            n += 1
+    if n:
+        log.info("marked %d trial(s) of dead workers as failed; they do not count towards --trials", n)
+    return n
+
+
+def _lock(opts: StudyOptions):
+    """Counting trials and asking for a new one happen under a lock, so workers here never overshoot."""
+    key = hashlib.sha256(f"{opts.storage}|{opts.study_name}".encode()).hexdigest()[:16]
+    return file_lock(cache_root() / "studies" / f"{key}.lock")
+
+
+def load_study(opts: StudyOptions, create: bool = True) -> optuna.Study:
+    storage = open_storage(opts.storage)
+    kwargs = dict(study_name=opts.study_name, storage=storage, sampler=make_sampler(opts.sampler, None),
+                  pruner=make_pruner(opts.pruner), direction="minimize")
+    if create:
+        return optuna.create_study(load_if_exists=True, **kwargs)
+    return optuna.load_study(**{k: v for k, v in kwargs.items() if k != "direction"})
+
+
+def parent_run(opts: StudyOptions, space: dict, metric: str) -> str:
+    """The study's parent MLflow run, found by tag or created (params: name, storage, sampler, space)."""
+    experiment = opts.experiment_name or f"study-{opts.model}"
+    client = mlflow.tracking.MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    if exp is not None:
+        found = client.search_runs([exp.experiment_id],
+                                   f"tags.`optuna.study_name` = '{opts.study_name}' and tags.`study.parent` = 'true'")
+        if found:
+            return found[0].info.run_id
+    params = {"study_name": opts.study_name, "storage": opts.storage, "sampler": opts.sampler,
+              "pruner": opts.pruner, "trials": opts.trials, "trial_budget": opts.trial_budget, "metric": metric,
+              "model": opts.model, "search_space": json.dumps(space, sort_keys=True)[:6000]}
+    tracker = Tracker.create(experiment, f"study {opts.study_name}", params,
+                             {"optuna.study_name": opts.study_name, "study.parent": "true"})
+    return tracker.run_id
+
+
+def run_worker(opts: StudyOptions, parent_id: str, progress: bool = False) -> None:
+    """Run trials until the study has opts.trials counted trials."""
+    _, defaults = family(opts.model)
+    space, metric = load_space(opts.space_file, defaults)
+    study = load_study(opts)
+    build_spec(opts.model, defaults, {}, opts.overrides, {"budget": opts.trial_budget})  # bad --set: fail now
+    experiment = opts.experiment_name or f"study-{opts.model}"
+    worker = _worker_id()
+
+    while True:
+        with _lock(opts):
+            fail_dead_workers(study)
+            if len(counted(study)) >= opts.trials:
+                return
+            trial = study.ask()
+            trial.set_user_attr("worker", worker)
+        _run_trial(study, trial, space, metric, opts, experiment, parent_id, progress)
+
+
+def _run_trial(study, trial, space, metric, opts, experiment, parent_id, progress) -> None:
+    values = suggest(trial, space)
+    overrides = [*opts.overrides, *(f"{k}={json.dumps(v)}" for k, v in values.items()),
+                 f"seed={opts.seed + trial.number}"]
+    _, defaults = family(opts.model)
+    cost = {"device_hours": 0.0, "pflops": 0.0}
+    final: dict[str, float] = {}
+
+    def on_eval(evaluation: dict[str, float], meter) -> None:
+        cost.update(device_hours=meter.device_hours, pflops=meter.pflops)
+        trial.set_user_attr("device_hours", meter.device_hours)
+        trial.set_user_attr("pflops", meter.pflops)
+        if metric in evaluation:
+            final[metric] = evaluation[metric]
+            trial.report(evaluation[metric], step=int(evaluation["images_seen"]))
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at {int(evaluation['images_seen'])} images, "
+                                         f"{metric}={evaluation[metric]:.3f}")
+
+    run_ids: list[str] = []
+    try:
+        spec = build_spec(opts.model, defaults, {}, overrides,
+                          {"budget": opts.trial_budget, "data": opts.data})
+        if spec.eval["samples"] == 0:
+            raise UserError("a study needs metrics: eval.samples must be > 0")
+        tags = {"mlflow.parentRunId": parent_id, "optuna.study_name": opts.study_name,
+                "optuna.trial": trial.number}
+        runner.start(spec, opts.device, experiment, f"trial {trial.number}", progress=progress, extra_tags=tags,
+                     on_eval=on_eval, on_tracker=lambda t: run_ids.append(t.run_id))
+        if metric not in final or not math.isfinite(final[metric]):
+            raise RuntimeError(f"the trial produced no finite {metric}")
+        study.tell(trial, final[metric])
+        state = "COMPLETE"
+    except optuna.TrialPruned:
+        study.tell(trial, state=TrialState.PRUNED)
+        state = "PRUNED"
+    except Exception as err:  # noqa: BLE001 - a failed trial must not end the study
+        reason = f"{type(err).__name__}: {err}"
+        log.warning("trial %d failed: %s", trial.number, reason)
+        trial.set_user_attr("fail_reason", reason)
+        study.tell(trial, state=TrialState.FAIL)
+        state = "FAIL"
+    if run_ids:
+        client = mlflow.tracking.MlflowClient()
+        client.set_tag(run_ids[0], "optuna.state", state)
+        client.log_metric(run_ids[0], "optuna_trial_number", trial.number)
+    log.info("trial %d %s %s", trial.number, state, values)
+
+
+def finalize(opts: StudyOptions, parent_id: str) -> dict[str, Any]:
+    """Log best value/params, total tuning cost and study plots to the parent run; return a summary."""
+    study = load_study(opts, create=False)
+    trials = study.get_trials(deepcopy=False)
+    client = mlflow.tracking.MlflowClient()
+    tracker = Tracker(parent_id)
+    total_hours = sum(float(t.user_attrs.get("device_hours", 0.0)) for t in trials)
+    total_pflops = sum(float(t.user_attrs.get("pflops", 0.0)) for t in trials)
+    states = {s.name: sum(t.state == s for t in trials) for s in TrialState}
+    summary: dict[str, Any] = {"study": opts.study_name, "trials": {k: v for k, v in states.items() if v},
+                               "tuning_device_hours": total_hours, "tuning_pflops": total_pflops}
+    tracker.metrics({"tuning_device_hours": total_hours, "tuning_pflops": total_pflops,
+                     **{f"trials_{k.lower()}": v for k, v in states.items() if v}}, 0)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if complete:
+        best = study.best_trial
+        _, defaults = family(opts.model)
+        space, _ = load_space(opts.space_file, defaults)
+        best_params = {k: v for k, v in _spec_values(best.params, space).items()}
+        summary.update(best_value=best.value, best_trial=best.number, best_params=best_params)
+        tracker.metrics({"best_value": best.value, **{f"best_{k}": float(v) for k, v in best_params.items()
+                                                      if isinstance(v, (int, float))}}, 0)
+        (tracker.dir / "best_params.json").write_text(json.dumps(summary, indent=2, default=str))
+        tracker.publish("best_params.json")
+        client.set_tag(parent_id, "best_trial", best.number)
+        _plots(study, tracker)
+    tracker.flush()
+    client.set_terminated(parent_id, "FINISHED")
+    return summary
+
+
+def _spec_values(params: dict[str, Any], space: dict[str, dict]) -> dict[str, Any]:
+    """Optuna's parameter names back to spec fields (one_minus_beta2 -> beta2)."""
+    out = {}
+    for name, d in space.items():
+        if d["kind"] == "one_minus_log":
+            out[name] = 1 - params[f"one_minus_{name}"]
+        elif name in params:
+            out[name] = params[name]
+    return out
+
+
+def _plots(study: optuna.Study, tracker: Tracker) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    for name, fn in (("history", ovm.plot_optimization_history), ("importances", ovm.plot_param_importances),
+                     ("parallel_coordinate", ovm.plot_parallel_coordinate), ("slice", ovm.plot_slice)):
+        try:
+            fn(study)
+            path = tracker.dir / "plots" / f"study_{name}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            plt.gcf().set_size_inches(10, 6)
+            plt.savefig(path, dpi=100, bbox_inches="tight")
+            tracker.publish(f"plots/study_{name}.png")
+        except Exception as err:  # noqa: BLE001 - a plot Optuna cannot draw yet (too few trials) is skipped
+            log.info("study plot %s skipped: %s", name, err)
+        finally:
+            plt.close("all")
+
+
+def run_study(opts: StudyOptions, workers: int = 1, progress: bool = True) -> dict[str, Any]:
+    """Create or continue the study, run `workers` local processes of it, then summarize into MLflow."""
+    _, defaults = family(opts.model)
+    space, metric = load_space(opts.space_file, defaults)
+    make_sampler(opts.sampler, None), make_pruner(opts.pruner)  # fail early on bad names
+    load_study(opts)
+    parent_id = parent_run(opts, space, metric)
+    log.info("study %s in %s; parent MLflow run %s", opts.study_name, opts.storage, parent_id)
+    if workers <= 1:
+        run_worker(opts, parent_id, progress)
+    else:
+        procs = [subprocess.Popen(_worker_command(opts, parent_id), env=os.environ.copy()) for _ in range(workers)]
+        for proc in procs:
+            proc.wait()
+        failed = [p.returncode for p in procs if p.returncode]
+        if failed:
+            log.warning("%d worker(s) exited with an error: %s", len(failed), failed)
+    summary = finalize(opts, parent_id)
+    summary["dashboard"] = f"optuna-dashboard {opts.storage}"
+    return summary
+
+
+def _worker_command(opts: StudyOptions, parent_id: str) -> list[str]:
+    cmd = [sys.executable, "-m", "benchmark.cli", "study", "--model", opts.model, "--trials", str(opts.trials),
+           "--trial-budget", opts.trial_budget, "--study-name", opts.study_name, "--storage", opts.storage,
+           "--space", opts.space_file, "--sampler", opts.sampler, "--pruner", opts.pruner, "--seed", str(opts.seed),
+           "--worker-of", parent_id, "--quiet"]
+    if opts.data:
+        cmd += ["--data", opts.data]
+    if opts.experiment_name:
+        cmd += ["--experiment-name", opts.experiment_name]
+    for item in opts.overrides:
+        cmd += ["--set", item]
+    cmd += ["--device", opts.device, "--tracking-uri", mlflow.get_tracking_uri()]
+    return cmd

@@ -1,0 +1,152 @@
+"""Optuna studies on real storage (journal file, PostgreSQL), real MLflow nesting, real training trials."""
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from benchmark import study as study_mod
+from benchmark.errors import UserError
+from benchmark.models.dcgan import DEFAULTS
+from conftest import ROOT, bench
+
+TINY_TRIAL = ["--set", "ngf=8", "--set", "ndf=8", "--set", "batch_size=16", "--set", "synthetic_images=256",
+              "--set", "eval.samples=8", "--set", "eval.real_samples=16", "--set", "eval.points=2",
+              "--set", "eval.grid=4"]
+
+
+def _study_cmd(storage, name, trials, *extra):
+    return ["study", "--model", "dcgan", "--trials", str(trials), "--trial-budget", "32img", "--study-name", name,
+            "--storage", storage, *TINY_TRIAL, "--quiet", *extra]
+
+
+def _check_study(storage, name, trials):
+    study = optuna.load_study(study_name=name, storage=study_mod.open_storage(storage))
+    done = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
+    assert len(study.trials) == len(done) == trials
+    assert len({t.number for t in study.trials}) == trials
+    client = MlflowClient()
+    (exp,) = [e for e in client.search_experiments() if e.name == "study-dcgan"]
+    runs = client.search_runs([exp.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("study.parent") == "true"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == trials
+    assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == list(range(trials))
+    assert parent.data.params["storage"] == storage and parent.data.params["sampler"] == "tpe"
+    assert "best_value" in parent.data.metrics and "best_lr_g" in parent.data.metrics
+    assert parent.data.metrics["tuning_device_hours"] > 0 and parent.data.metrics["tuning_pflops"] > 0
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert "plots/study_history.png" in plots
+    return study
+
+
+def test_six_trials_two_workers_on_a_journal_file(tmp_path):
+    storage = str(tmp_path / "journal.log")
+    proc = bench(*_study_cmd(storage, "journal", 6, "--workers", "2"))
+    assert "optuna-dashboard" in proc.stdout
+    _check_study(storage, "journal", 6)
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A real PostgreSQL server on 127.0.0.1 and a private port, started by the suite itself."""
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    if not bins:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL server binaries missing in CI: .ci/run must install Debian's postgresql")
+        pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql)")
+    bindir = os.path.dirname(bins[-1])
+    # Not under pytest's tmp folder: that is private to root, and the server runs as the postgres user.
+    base = tempfile.mkdtemp(prefix="facebench-pg-")
+    data = Path(base) / "data"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    as_root = os.geteuid() == 0
+    prefix = ["runuser", "-u", "postgres", "--"] if as_root else []
+    os.chmod(base, 0o755)
+    if as_root:
+        shutil.chown(base, "postgres")
+    subprocess.run([*prefix, f"{bindir}/initdb", "-D", str(data), "-U", "postgres", "--auth=trust"],
+                   check=True, capture_output=True)
+    subprocess.run([*prefix, f"{bindir}/pg_ctl", "-D", str(data), "-l", str(data.parent / "log"), "-w", "-o",
+                    f"-h 127.0.0.1 -p {port} -k {data.parent}", "start"], check=True, capture_output=True)
+    subprocess.run([f"{bindir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "optuna"],
+                   check=True, capture_output=True)
+    yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/optuna"
+    subprocess.run([*prefix, f"{bindir}/pg_ctl", "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_six_trials_two_workers_on_postgresql(postgres):
+    bench(*_study_cmd(postgres, "pg", 6, "--workers", "2"))
+    _check_study(postgres, "pg", 6)
+
+
+def test_nan_trial_fails_with_reason_and_study_completes(tmp_path):
+    space = tmp_path / "space.toml"
+    space.write_text('metric = "fid"\n[params.lr_d]\nkind = "float"\nlow = 1e-5\nhigh = 1e-3\nlog = true\n')
+    storage = str(tmp_path / "journal.log")
+    study = optuna.create_study(study_name="nan", storage=study_mod.open_storage(storage))
+    study.enqueue_trial({"lr_d": 1e30})  # outside the space on purpose: weights blow up to inf, losses to NaN
+    bench(*_study_cmd(storage, "nan", 3, "--space", str(space), "--pruner", "none"))
+    study = optuna.load_study(study_name="nan", storage=study_mod.open_storage(storage))
+    (failed,) = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert failed.params["lr_d"] == 1e30 and "diverged" in failed.user_attrs["fail_reason"]
+    assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 2
+
+
+def test_worker_killed_mid_trial_then_rerun_completes(tmp_path):
+    storage = str(tmp_path / "journal.log")
+    cmd = _study_cmd(storage, "killed", 3, "--pruner", "none", "--trial-budget", "160img")
+    proc = subprocess.Popen([sys.executable, "-m", "benchmark.cli", *cmd], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=os.environ.copy())
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill once the second trial is under way
+        if os.path.exists(storage):
+            trials = optuna.load_study(study_name="killed", storage=study_mod.open_storage(storage)).trials
+            if any(t.number == 1 and t.state == TrialState.RUNNING for t in trials):
+                break
+        time.sleep(0.3)
+    time.sleep(2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    bench(*cmd)
+    study = optuna.load_study(study_name="killed", storage=study_mod.open_storage(storage))
+    assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 3
+    (dead,) = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert dead.user_attrs["worker_died"] is True and dead.number == 1
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[params.lr_g]\nkind = "float"\nlow = 1\nhigh = 0.1\n', "low < high"),
+    ('[params.nope]\nkind = "float"\nlow = 0\nhigh = 1\n', "not a field"),
+    ('[params.lr_g]\nkind = "gaussian"\n', "kind must be one of"),
+    ('[params.lr_g]\nkind = "float"\nlow = 0\nhigh = 1\nlog = true\n', "log scale needs low > 0"),
+    ('metric = "lpips"\n[params.lr_g]\nkind = "float"\nlow = 0.1\nhigh = 1\n', "metric must be"),
+    ("", "no [params.NAME]"),
+])
+def test_bad_search_spaces_are_user_errors(tmp_path, text, message):
+    path = tmp_path / "space.toml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message):
+        study_mod.load_space(path, DEFAULTS)
+
+
+def test_shipped_space_is_valid_and_beta2_is_log_scaled_on_one_minus():
+    space, metric = study_mod.load_space(ROOT / "experiments" / "studies" / "dcgan.toml", DEFAULTS)
+    assert metric == "fid" and space["beta2"]["kind"] == "one_minus_log"
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    values = study_mod.suggest(trial, space)
+    assert 0.9 <= values["beta2"] <= 0.9999 and 1e-5 <= values["lr_g"] <= 1e-2
