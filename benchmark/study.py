@@ -25,6 +25,7 @@ from urllib.parse import unquote, urlparse
 import mlflow
 import optuna
 import psutil
+from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
 from benchmark import runner
@@ -171,7 +172,10 @@ def _worker_alive(worker: str) -> bool:
 
 
 def _died(trial: optuna.trial.FrozenTrial) -> bool:
-    return bool(trial.user_attrs.get("worker_died")) or "stale" in str(trial.system_attrs.get("fail_reason", ""))
+    """Its worker vanished: marked by a worker on the same host, or failed by a stale heartbeat (our own
+    failures always record a fail_reason first)."""
+    return bool(trial.user_attrs.get("worker_died")) or (
+        trial.state == TrialState.FAIL and "fail_reason" not in trial.user_attrs)
 
 
 def counted(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -240,12 +244,15 @@ def run_worker(opts: StudyOptions, parent_id: str, progress: bool = False) -> No
 
     while True:
         with _lock(opts):
+            optuna.storages.fail_stale_trials(study)  # RDB storage: workers on other machines that vanished
             fail_dead_workers(study)
             if len(counted(study)) >= opts.trials:
                 return
             trial = study.ask()
             trial.set_user_attr("worker", worker)
-        _run_trial(study, trial, space, metric, opts, experiment, parent_id, progress)
+        # What study.optimize does around a trial; ask/tell is needed here for the counting lock above.
+        with get_heartbeat_thread(trial._trial_id, study._storage):
+            _run_trial(study, trial, space, metric, opts, experiment, parent_id, progress)
 
 
 def _run_trial(study, trial, space, metric, opts, experiment, parent_id, progress) -> None:
@@ -369,6 +376,7 @@ def run_study(opts: StudyOptions, workers: int = 1, progress: bool = True) -> di
     make_sampler(opts.sampler, None), make_pruner(opts.pruner)  # fail early on bad names
     load_study(opts)
     parent_id = parent_run(opts, space, metric)
+    mlflow.tracking.MlflowClient().update_run(parent_id, status="RUNNING")
     log.info("study %s in %s; parent MLflow run %s", opts.study_name, opts.storage, parent_id)
     if workers <= 1:
         run_worker(opts, parent_id, progress)

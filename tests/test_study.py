@@ -22,7 +22,7 @@ from benchmark.models.dcgan import DEFAULTS
 from conftest import ROOT, bench
 
 TINY_TRIAL = ["--set", "ngf=8", "--set", "ndf=8", "--set", "batch_size=16", "--set", "synthetic_images=256",
-              "--set", "eval.samples=8", "--set", "eval.real_samples=16", "--set", "eval.points=2",
+              "--set", "eval.samples=4", "--set", "eval.real_samples=8", "--set", "eval.points=2",
               "--set", "eval.grid=4"]
 
 
@@ -135,7 +135,7 @@ def test_worker_killed_mid_trial_then_rerun_completes(tmp_path):
     ('[params.lr_g]\nkind = "gaussian"\n', "kind must be one of"),
     ('[params.lr_g]\nkind = "float"\nlow = 0\nhigh = 1\nlog = true\n', "log scale needs low > 0"),
     ('metric = "lpips"\n[params.lr_g]\nkind = "float"\nlow = 0.1\nhigh = 1\n', "metric must be"),
-    ("", "no [params.NAME]"),
+    ("", "has no .params.NAME. tables"),
 ])
 def test_bad_search_spaces_are_user_errors(tmp_path, text, message):
     path = tmp_path / "space.toml"
