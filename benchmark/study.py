@@ -244,7 +244,9 @@ def run_worker(opts: StudyOptions, parent_id: str, progress: bool = False) -> No
 
     while True:
         with _lock(opts):
-            optuna.storages.fail_stale_trials(study)  # RDB storage: workers on other machines that vanished
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)  # RDB storage: workers on other machines that vanished
             fail_dead_workers(study)
             if len(counted(study)) >= opts.trials:
                 return
