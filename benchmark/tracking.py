@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import platform
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -141,9 +140,3 @@ def runs_table_url(base: str, experiment_id: str) -> str:
     """MLflow 3's UI opens an experiment on an overview page; the runs table lives here."""
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs"
 
-
-def copy_into(tracker: Tracker, src: Path, relpath: str) -> None:
-    dest = tracker.dir / relpath
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, dest)
-    tracker.publish(relpath)
