@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import logging
 
-import torch
-
 from benchmark import checkpoint
 from benchmark import data as data_mod
 from benchmark.errors import UserError
-from benchmark.metrics import SMALL_N, Evaluator, provenance, score
+from benchmark.metrics import SMALL_N, Evaluator, provenance, sample_for_eval, score
 from benchmark.models import family
 from benchmark.models.common import pick_device
 from benchmark.spec import build_spec, load_toml
@@ -39,9 +37,8 @@ def eval_run(run_id: str, samples: int | None = None, device_name: str = "auto",
     prepared = data_mod.prepare(spec.data, spec.split, spec.resolution, spec.synthetic_images, progress)
     evaluator = Evaluator(batch_size=spec.eval["batch_size"], progress=progress)
     real, cached = evaluator.real_features(prepared, spec.eval["real_samples"])
-    gen = torch.Generator().manual_seed(spec.seed + 777)
-    bs = spec.eval["batch_size"]
-    fake = evaluator.features((model.sample(min(bs, n - i), gen) for i in range(0, n, bs)), total=n, desc="fid")
+    batches, _ = sample_for_eval(model, n, spec.seed, spec.eval["batch_size"])
+    fake = evaluator.features(batches, total=n, desc="fid")
     values = score(fake, real, evaluator.weights)
     values["eval_samples"] = n
     tracker.metrics(values, step)

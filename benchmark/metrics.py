@@ -95,6 +95,16 @@ class Evaluator:
         return feats, False
 
 
+def sample_for_eval(model, n: int, seed: int, batch_size: int) -> tuple[list[torch.Tensor], float]:
+    """n uint8 samples in batches from a generator seeded only for evaluation; returns (batches, seconds).
+
+    The same seed at every eval point and in `bench eval`, so scores of one run differ by training alone."""
+    gen = torch.Generator().manual_seed(seed + 777)
+    start = time.perf_counter()
+    batches = [model.sample(min(batch_size, n - i), gen) for i in range(0, n, batch_size)]
+    return batches, time.perf_counter() - start
+
+
 def score(fake: Features, real: Features, weights: InceptionWeights, kid_subset_size: int = 1000,
           seed: int = 2020) -> dict[str, float]:
     """FID, KID, precision/recall (and IS where logits exist) from features, by torch-fidelity's formulas."""

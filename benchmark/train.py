@@ -18,7 +18,7 @@ from benchmark import checkpoint
 from benchmark.budget import Meter
 from benchmark.data import Prepared
 from benchmark.errors import Diverged
-from benchmark.metrics import SMALL_N, Evaluator, provenance, score
+from benchmark.metrics import SMALL_N, Evaluator, provenance, sample_for_eval, score
 from benchmark.spec import RunSpec
 from benchmark.tracking import Tracker
 
@@ -91,6 +91,7 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
     fractions = eval_fractions(spec.eval["points"])
     cap = budget.image_cap(len(data))
     evaluator: Evaluator | None = None
+    real = None  # the reference features, loaded with the evaluator at the first eval point
 
     def save_checkpoint() -> None:
         start = time.perf_counter()
@@ -104,7 +105,7 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
         meter.eval_seconds += time.perf_counter() - start  # not charged to the training budget
 
     def evaluate() -> None:
-        nonlocal evaluator
+        nonlocal evaluator, real
         start = time.perf_counter()
         step = meter.images_seen
         fixed = torch.Generator().manual_seed(spec.seed + 12345)
@@ -119,19 +120,14 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
             if evaluator is None:
                 evaluator = Evaluator(batch_size=spec.eval["batch_size"], progress=progress)
                 real, cached = evaluator.real_features(data, spec.eval["real_samples"])
-                evaluator.real = real
                 tracker.tags({**provenance(evaluator.weights, n, len(real.pool), f"{data.name}:{data.split}"),
                               "metrics.real_stats": "reused from cache" if cached else "computed"})
                 if n < SMALL_N:
                     log.warning("eval.samples=%d: FID at small N is biased upwards; read it as a trend, "
                                 "not a number comparable with papers", n)
-            gen = torch.Generator().manual_seed(spec.seed + 777)
-            sample_start = time.perf_counter()
-            batches = [model.sample(min(spec.eval["batch_size"], n - i), gen)
-                       for i in range(0, n, spec.eval["batch_size"])]
-            sample_seconds = time.perf_counter() - sample_start
+            batches, sample_seconds = sample_for_eval(model, n, spec.seed, spec.eval["batch_size"])
             fake = evaluator.features(batches, total=n, desc="fid")
-            values.update(score(fake, evaluator.real, evaluator.weights))
+            values.update(score(fake, real, evaluator.weights))
             values.update(eval_samples=n, sample_seconds_per_image=sample_seconds / n, sample_nfe=model.sample_nfe)
         meter.eval_seconds += time.perf_counter() - start
         values["eval_seconds"] = meter.eval_seconds
@@ -171,8 +167,7 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
             for key, value in losses.items():
                 loop.epoch_sums[key] = loop.epoch_sums.get(key, 0.0) + value
             loop.epoch_steps += 1
-            logged = meter.steps % spec.log_every == 0 or meter.steps == 1 or budget.spent(meter)
-            if logged:
+            if meter.steps % spec.log_every == 0 or meter.steps == 1 or budget.spent(meter):
                 tracker.metrics(losses, meter.images_seen)
             if int(meter.epochs) > loop.last_epoch:  # the seed's "mean loss per epoch"
                 loop.last_epoch = int(meter.epochs)

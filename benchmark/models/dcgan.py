@@ -79,6 +79,12 @@ def dcgan_init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def _check_finite(*outputs: torch.Tensor) -> None:
+    """BCE refuses NaN inputs with an opaque error; name the real cause, a diverged discriminator."""
+    if not all(torch.isfinite(o).all() for o in outputs):
+        raise Diverged("training diverged: the discriminator's output became NaN or infinite")
+
+
 class DCGAN:
     """The family interface: build, train_step, sample, state_dict/load_state_dict, FLOPs."""
 
@@ -116,8 +122,7 @@ class DCGAN:
             d_real = self.D(real)
             fake = self.G(z)
             d_fake = self.D(fake.detach())
-        if not (torch.isfinite(d_real).all() and torch.isfinite(d_fake).all()):
-            raise Diverged("training diverged: the discriminator's output became NaN or infinite")
+        _check_finite(d_real, d_fake)
         # BCE in fp32 outside autocast: it is unsafe to autocast.
         loss_d = F.binary_cross_entropy(d_real.float(), ones) + F.binary_cross_entropy(d_fake.float(), zeros)
         loss_d.backward()
@@ -129,8 +134,7 @@ class DCGAN:
         self.D.requires_grad_(False)
         with autocast(self.device, self.precision):
             d_fake_g = self.D(fake)
-        if not torch.isfinite(d_fake_g).all():
-            raise Diverged("training diverged: the discriminator's output became NaN or infinite")
+        _check_finite(d_fake_g)
         loss_g = F.binary_cross_entropy(d_fake_g.float(), ones)
         loss_g.backward()
         self.D.requires_grad_(True)
