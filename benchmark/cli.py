@@ -27,9 +27,10 @@ def _tracking(uri: str | None) -> None:
 
 
 def _models_help() -> str:
-    from benchmark.models import FAMILIES
+    from benchmark.models import ALIASES, FAMILIES
 
-    return "; ".join(f"{name}: {desc}" for name, (_, _, desc) in FAMILIES.items())
+    lines = [f"{name}: {desc}" for name, (_, _, desc) in FAMILIES.items()]
+    return "; ".join(lines + [f"{name}: {desc}" for name, (_, _, desc) in ALIASES.items()])
 
 
 tracking_option = click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
@@ -66,7 +67,7 @@ def run(model, experiment_file, data, budget, overrides, seed, resume_id, experi
         tracking_uri, quiet) -> None:
     """Train a model under a budget, evaluating and checkpointing as it goes, all logged to MLflow."""
     from benchmark import runner
-    from benchmark.models import family
+    from benchmark.models import family, resolve
     from benchmark.spec import build_spec, load_toml
 
     _setup_logging(quiet)
@@ -75,10 +76,12 @@ def run(model, experiment_file, data, budget, overrides, seed, resume_id, experi
         runner.resume(resume_id, device, progress=not quiet)
         return
     experiment = load_toml(experiment_file) if experiment_file else {}
-    name = model or experiment.get("model") or "dcgan"
+    typed = model or experiment.get("model") or "dcgan"
+    name, experiment = resolve(typed, experiment)
     _, defaults = family(name)
     spec = build_spec(name, defaults, experiment, overrides, {"data": data, "budget": budget, "seed": seed})
-    runner.start(spec, device, experiment_name, run_name, progress=not quiet)
+    tags = {"model_alias": typed} if typed != name else None
+    runner.start(spec, device, experiment_name, run_name, progress=not quiet, extra_tags=tags)
 
 
 run.help += "\n\n\b\nModels:\n" + "\n".join(f"  {line}" for line in _models_help().split("; "))
@@ -93,11 +96,14 @@ run.help += "\n\n\b\nModels:\n" + "\n".join(f"  {line}" for line in _models_help
 @click.option("--real", help="With --fake: a real set (folder, zip, CelebA layout or 'synthetic').")
 @click.option("--fake", help="With --real: a folder of generated images.")
 @click.option("--split", default="train", show_default=True, help="CelebA split of --real.")
+@click.option("--sampler-steps", metavar="S1,S2,...",
+              help="Diffusion runs: score once per number of sampling steps (e.g. 10,50,100) and log "
+              "<metric>_vs_steps, the quality-versus-sampling-cost curve.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @device_option
 @tracking_option
 @quiet_option
-def eval_cmd(run_id, samples, real, fake, split, as_json, device, tracking_uri, quiet) -> None:
+def eval_cmd(run_id, samples, real, fake, split, sampler_steps, as_json, device, tracking_uri, quiet) -> None:
     """FID/KID/precision/recall of a run's latest checkpoint (logged into the run), or of --real vs --fake."""
     from benchmark import evaluate
 
@@ -108,11 +114,18 @@ def eval_cmd(run_id, samples, real, fake, split, as_json, device, tracking_uri, 
         result = evaluate.eval_sets(real, fake, samples, split, progress=not quiet and not as_json)
     elif run_id:
         _tracking(tracking_uri)
-        result = evaluate.eval_run(run_id, samples, device, progress=not quiet and not as_json)
+        steps = evaluate.parse_steps(sampler_steps) if sampler_steps else None
+        result = evaluate.eval_run(run_id, samples, device, progress=not quiet and not as_json, sampler_steps=steps)
     else:
         raise UserError("give a RUN_ID, or --real and --fake")
     if as_json:
         click.echo(json.dumps(result, indent=2))
+    elif "sweep" in result:
+        click.echo(f"run {result['run_id']} at {result['images_seen']} images, {result['eval_samples']} samples")
+        click.echo(f"{'steps':>6} {'NFE':>5} {'FID':>10} {'KID':>10} {'s/image':>9}")
+        for row in result["sweep"]:
+            click.echo(f"{row['sampler_steps']:>6} {row['sample_nfe']:>5.0f} {row['fid']:>10.3f} "
+                       f"{row['kid_mean']:>10.5f} {row['sample_seconds_per_image']:>9.4f}")
     else:
         for key, value in result.items():
             click.echo(f"{key:<28} {value:.6g}" if isinstance(value, float) else f"{key:<28} {value}")

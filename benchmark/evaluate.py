@@ -17,8 +17,26 @@ from benchmark.train import CHECKPOINT
 log = logging.getLogger(__name__)
 
 
-def eval_run(run_id: str, samples: int | None = None, device_name: str = "auto", progress: bool = True) -> dict:
-    """Sample from a run's latest checkpoint and log FID/KID/PR into it at the checkpoint's step."""
+SWEPT = ("fid", "kid_mean", "kid_std", "precision", "recall", "sample_seconds_per_image", "sample_nfe")
+
+
+def parse_steps(text: str) -> list[int]:
+    """'10,50,100' -> [10, 50, 100]; anything else is a UserError."""
+    try:
+        steps = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        steps = []
+    if not steps or min(steps) < 1:
+        raise UserError(f"--sampler-steps takes positive integers joined by commas (10,50,100), got {text!r}")
+    return steps
+
+
+def eval_run(run_id: str, samples: int | None = None, device_name: str = "auto", progress: bool = True,
+             sampler_steps: list[int] | None = None) -> dict:
+    """Sample from a run's latest checkpoint and log FID/KID/PR into it at the checkpoint's step.
+
+    With sampler_steps (diffusion runs), score once per number of sampling steps and log each metric as
+    <metric>_vs_steps at step = sampling steps: the quality-versus-sampling-cost curve of that checkpoint."""
     tracker = Tracker(run_id) if _exists(run_id) else None
     if tracker is None:
         raise UserError(f"no MLflow run {run_id!r} in this tracking store")
@@ -32,20 +50,35 @@ def eval_run(run_id: str, samples: int | None = None, device_name: str = "auto",
     run = tracker.client.get_run(run_id)
     model = cls(spec, pick_device(device_name), run.data.tags.get("precision", "fp32"))
     model.load_state_dict(state["model"])
+    if sampler_steps and not hasattr(model, "sampler_steps"):
+        raise UserError(f"{spec.model} samples in one network pass; --sampler-steps is for ddpm and ldm runs")
     step = int(state["meter"]["images_seen"])
     n = samples or spec.eval["samples"] or 128
     prepared = data_mod.prepare(spec.data, spec.split, spec.resolution, spec.synthetic_images, progress)
     evaluator = Evaluator(batch_size=spec.eval["batch_size"], progress=progress)
     real, cached = evaluator.real_features(prepared, spec.eval["real_samples"])
-    batches, _ = sample_for_eval(model, n, spec.seed, spec.eval["batch_size"])
-    fake = evaluator.features(batches, total=n, desc="fid")
-    values = score(fake, real, evaluator.weights)
-    values["eval_samples"] = n
-    tracker.metrics(values, step)
     tracker.tags({**provenance(evaluator.weights, n, len(real.pool), f"{prepared.name}:{prepared.split}"),
                   "metrics.real_stats": "reused from cache" if cached else "computed"})
+    if not sampler_steps:
+        batches, _ = sample_for_eval(model, n, spec.seed, spec.eval["batch_size"])
+        values = score(evaluator.features(batches, total=n, desc="fid"), real, evaluator.weights)
+        values["eval_samples"] = n
+        tracker.metrics(values, step)
+        tracker.flush()
+        return {"run_id": run_id, "images_seen": step, **values}
+    sweep = []
+    for steps in sampler_steps:
+        model.sampler_steps = steps
+        batches, seconds = sample_for_eval(model, n, spec.seed, spec.eval["batch_size"])
+        values = score(evaluator.features(batches, total=n, desc=f"fid @ {steps} steps"), real, evaluator.weights)
+        values.update(sample_seconds_per_image=seconds / n, sample_nfe=model.sample_nfe)
+        tracker.metrics({f"{k}_vs_steps": values[k] for k in SWEPT}, steps)
+        sweep.append({"sampler_steps": steps, **{k: values[k] for k in SWEPT}})
+        log.info("%d sampling steps: FID %.3f, %.3f s/image", steps, values["fid"], seconds / n)
+    tracker.tags({"sampler_sweep.images_seen": step, "sampler_sweep.eval_samples": n,
+                  "sampler_sweep.sampler": f"{spec.sampler} eta={spec.sampler_eta}"})
     tracker.flush()
-    return {"run_id": run_id, "images_seen": step, **values}
+    return {"run_id": run_id, "images_seen": step, "eval_samples": n, "sweep": sweep}
 
 
 def _exists(run_id: str) -> bool:

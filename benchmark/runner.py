@@ -99,8 +99,9 @@ def _train_tracked(spec: RunSpec, cls: type, device: torch.device, precision: st
     except BaseException as err:
         tracker.end("FAILED", f"{type(err).__name__}: {err}")
         raise
-    per_iteration = {k: tracker.history(k) for k in ("loss_d", "loss_g", "loss")}
-    per_epoch = {k: tracker.history(k) for k in ("loss_d_epoch", "loss_g_epoch", "loss_epoch")}
+    losses = ("loss_d", "loss_g", "loss", "recon_l1")  # recon_l1: the ldm's autoencoder, per pixel
+    per_iteration = {k: tracker.history(k) for k in losses}
+    per_epoch = {k: tracker.history(f"{k}_epoch") for k in losses}
     plot_losses(per_iteration, per_epoch, tracker.dir / "plots/losses.png", title=f"{spec.model} - {spec.budget}")
     tracker.publish("plots/losses.png")
     tracker.tags({"final_checkpoint": "checkpoints/last.pt", "images_seen": meter.images_seen,

@@ -51,8 +51,27 @@ def batch_indices(images_seen: int, n: int, dataset_size: int, seed: int) -> np.
 class LoopState:
     next_eval: int = 0
     epoch_sums: dict[str, float] = field(default_factory=dict)
-    epoch_steps: int = 0
+    epoch_counts: dict[str, int] = field(default_factory=dict)  # per key: some losses come every n steps
     last_epoch: int = 0
+
+
+def epoch_means(loop: LoopState) -> dict[str, float]:
+    """The seed's "mean loss per epoch", each loss over the steps that reported it."""
+    return {f"{k}_epoch": v / loop.epoch_counts[k] for k, v in loop.epoch_sums.items()}
+
+
+def stage_costs(meter: Meter) -> dict[str, float]:
+    """Per-stage cost of multi-stage families (ldm): images, device-hours and PFLOPs of each stage."""
+    out = {}
+    for key, value in meter.extra.items():
+        stage, _, axis = key.partition("_")
+        if axis == "device_seconds":
+            out[f"{stage}_device_hours"] = value / 3600
+        elif axis == "flops":
+            out[f"{stage}_pflops"] = value / 1e15
+        else:
+            out[key] = value
+    return out
 
 
 class Interrupted(Exception):
@@ -87,7 +106,6 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
         torch.set_rng_state(state["torch_rng"])
         log.info("resumed from %s at %d images (%.2f epochs)", ckpt_path, meter.images_seen, meter.epochs)
 
-    flops_per_image = model.flops_per_train_image()
     fractions = eval_fractions(spec.eval["points"])
     cap = budget.image_cap(len(data))
     evaluator: Evaluator | None = None
@@ -110,11 +128,14 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
         step = meter.images_seen
         fixed = torch.Generator().manual_seed(spec.seed + 12345)
         grid = model.sample(spec.eval["grid"], fixed)
+        grid_seconds = time.perf_counter() - start
         rel = f"samples/grid_{step:010d}.png"
         save_grid(grid, tracker.dir / rel)
         tracker.publish(rel)
         values = {"images_seen": step, "epochs": meter.epochs, "device_hours": meter.device_hours,
-                  "pflops": meter.pflops, "steps": meter.steps}
+                  "pflops": meter.pflops, "steps": meter.steps, **stage_costs(meter),
+                  "sample_nfe": model.sample_nfe, "sample_gflops_per_image": model.flops_per_sample() / 1e9,
+                  "sample_seconds_per_image": grid_seconds / max(1, len(grid))}
         n = spec.eval["samples"]
         if n > 0:
             if evaluator is None:
@@ -128,7 +149,13 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
             batches, sample_seconds = sample_for_eval(model, n, spec.seed, spec.eval["batch_size"])
             fake = evaluator.features(batches, total=n, desc="fid")
             values.update(score(fake, real, evaluator.weights))
-            values.update(eval_samples=n, sample_seconds_per_image=sample_seconds / n, sample_nfe=model.sample_nfe)
+            values.update(eval_samples=n, sample_seconds_per_image=sample_seconds / n)
+            extra_sets = getattr(model, "extra_eval_sets", None)
+            if extra_sets is not None:  # e.g. the ldm's reconstructions: recon_fid bounds its samples
+                index = np.sort(np.random.default_rng(1).permutation(len(data))[:n])
+                for name, images in extra_sets(torch.from_numpy(np.asarray(data.images[index]))).items():
+                    scored = score(evaluator.features(images, desc=name), real, evaluator.weights)
+                    values.update({f"{name}_{k}": v for k, v in scored.items() if k in ("fid", "kid_mean")})
         meter.eval_seconds += time.perf_counter() - start
         values["eval_seconds"] = meter.eval_seconds
         tracker.metrics(values, step)
@@ -157,23 +184,30 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
             start = time.perf_counter()
             idx = batch_indices(meter.images_seen, n, len(data), spec.seed)
             batch = _to_float(np.asarray(data.images[idx]))
-            losses = model.train_step(batch)
+            losses = model.train_step(batch, indices=idx, fraction=budget.fraction_spent(meter), data=data)
             bad = {k: v for k, v in losses.items() if not np.isfinite(v)}
             if bad:
                 raise Diverged(f"training diverged: {', '.join(f'{k}={v}' for k, v in bad.items())} "
                                f"at step {meter.steps + 1} ({meter.images_seen} images)")
-            meter.add_step(n, time.perf_counter() - start, flops_per_image)
+            seconds = time.perf_counter() - start
+            flops = n * model.flops_per_train_image() + getattr(model, "extra_flops", 0.0)
+            if getattr(model, "extra_flops", 0.0):  # one-off work (ldm encoding the data), charged once
+                model.extra_flops = 0.0
+            meter.add_step(n, seconds, flops / n)
+            stage = getattr(model, "stage", None)
+            if stage is not None:  # multi-stage families: each stage's cost apart, and the total
+                for key, value in (("images", n), ("device_seconds", seconds * meter.devices), ("flops", flops)):
+                    meter.extra[f"{stage}_{key}"] = meter.extra.get(f"{stage}_{key}", 0) + value
 
             for key, value in losses.items():
                 loop.epoch_sums[key] = loop.epoch_sums.get(key, 0.0) + value
-            loop.epoch_steps += 1
+                loop.epoch_counts[key] = loop.epoch_counts.get(key, 0) + 1
             if meter.steps % spec.log_every == 0 or meter.steps == 1 or budget.spent(meter):
                 tracker.metrics(losses, meter.images_seen)
             if int(meter.epochs) > loop.last_epoch:  # the seed's "mean loss per epoch"
                 loop.last_epoch = int(meter.epochs)
-                tracker.metrics({f"{k}_epoch": v / loop.epoch_steps for k, v in loop.epoch_sums.items()},
-                                loop.last_epoch)
-                loop.epoch_sums, loop.epoch_steps = {}, 0
+                tracker.metrics(epoch_means(loop), loop.last_epoch)
+                loop.epoch_sums, loop.epoch_counts = {}, {}
             tracker.maybe_flush()
 
             fraction = budget.fraction_spent(meter)
@@ -192,9 +226,8 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
             if stop:
                 save_checkpoint()
                 raise Interrupted(signal.Signals(stop[0]).name)
-        if loop.epoch_steps:  # the last, partial epoch still gets its mean in the seed's per-epoch plot
-            tracker.metrics({f"{k}_epoch": v / loop.epoch_steps for k, v in loop.epoch_sums.items()},
-                            loop.last_epoch + 1)
+        if loop.epoch_counts:  # the last, partial epoch still gets its mean in the seed's per-epoch plot
+            tracker.metrics(epoch_means(loop), loop.last_epoch + 1)
         if loop.next_eval < len(fractions):  # a time budget can end between points
             loop.next_eval = len(fractions)
             evaluate()

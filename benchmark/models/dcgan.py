@@ -46,24 +46,29 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """image (N, 3, 64, 64) -> probability of being real (N,): five convolutions, sigmoid output."""
+    """image (N, 3, 64, 64) -> probability of being real (N,): five convolutions, sigmoid output.
 
-    def __init__(self, ndf: int = 64):
+    norm="layer" and sigmoid=False make it the critic of WGAN-GP, where BatchNorm would break the gradient
+    penalty (it couples the samples of a batch)."""
+
+    def __init__(self, ndf: int = 64, norm: str = "batch", sigmoid: bool = True):
         super().__init__()
 
-        def down(cin: int, cout: int, bn: bool = True) -> list[nn.Module]:
+        def down(cin: int, cout: int, first: bool = False) -> list[nn.Module]:
             layers: list[nn.Module] = [nn.Conv2d(cin, cout, 4, 2, 1, bias=False)]
-            if bn:
+            if not first and norm == "batch":
                 layers.append(nn.BatchNorm2d(cout))
+            elif not first and norm == "layer":
+                layers.append(nn.GroupNorm(1, cout))  # LayerNorm over (C, H, W), per-channel affine
             return [*layers, nn.LeakyReLU(0.2, inplace=True)]
 
         self.main = nn.Sequential(
-            *down(3, ndf, bn=False),  # 32x32; no BatchNorm on the first layer (Radford et al.)
+            *down(3, ndf, first=True),  # 32x32; no normalisation on the first layer (Radford et al.)
             *down(ndf, ndf * 2),
             *down(ndf * 2, ndf * 4),
             *down(ndf * 4, ndf * 8),  # 4x4
             nn.Conv2d(ndf * 8, 1, 4, 1, 0, bias=False),
-            nn.Sigmoid(),
+            *([nn.Sigmoid()] if sigmoid else []),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -74,7 +79,7 @@ def dcgan_init(module: nn.Module) -> None:
     """N(0, 0.02) for convolutions, N(1, 0.02) for BatchNorm scales (Radford et al.)."""
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
         nn.init.normal_(module.weight, 0.0, 0.02)
-    elif isinstance(module, nn.BatchNorm2d):
+    elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
         nn.init.normal_(module.weight, 1.0, 0.02)
         nn.init.zeros_(module.bias)
 
@@ -99,17 +104,21 @@ class DCGAN:
         self.memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
         torch.manual_seed(spec.seed)
         self.G = Generator(spec.z_dim, spec.ngf).apply(dcgan_init).to(device, memory_format=self.memory_format)
-        self.D = Discriminator(spec.ndf).apply(dcgan_init).to(device, memory_format=self.memory_format)
+        self.D = self._discriminator(spec).apply(dcgan_init).to(device, memory_format=self.memory_format)
         betas = (spec.beta1, spec.beta2)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=spec.lr_g, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=spec.lr_d, betas=betas)
         # Training noise has its own generator so that evaluation never shifts the training stream.
         self.noise = torch.Generator(device="cpu").manual_seed(spec.seed + 1)
+        self._flops: dict[str, float] = {}
+
+    def _discriminator(self, spec) -> nn.Module:
+        return Discriminator(spec.ndf)
 
     def _z(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return torch.randn(n, self.z_dim, 1, 1, generator=generator).to(self.device)
 
-    def train_step(self, real: torch.Tensor) -> dict[str, float]:
+    def train_step(self, real: torch.Tensor, **_) -> dict[str, float]:
         """One D step then one G step (non-saturating loss), as in the seed."""
         real = real.to(self.device, memory_format=self.memory_format, non_blocking=True)
         n = real.shape[0]
@@ -172,6 +181,14 @@ class DCGAN:
         self.opt_d.load_state_dict(state["opt_d"])
         self.noise.set_state(state["noise"])
 
+    def _counted(self, key: str, fn) -> float:
+        """FLOPs per image of fn (run at batch 2), counted once."""
+        if key not in self._flops:
+            self._flops[key] = count_flops(fn, [self.G, self.D]) / 2
+            for model in (self.G, self.D):
+                model.zero_grad(set_to_none=True)
+        return self._flops[key]
+
     def flops_per_train_image(self) -> float:
         """Forward + backward FLOPs of one training image: D on real and fake, G, D again for G's loss."""
         real = torch.zeros(2, 3, 64, 64, device=self.device)
@@ -184,11 +201,13 @@ class DCGAN:
             self.D(fake).sum().backward()
             self.D.requires_grad_(True)
 
-        flops = count_flops(step, [self.G, self.D]) / 2
-        for model in (self.G, self.D):
-            model.zero_grad(set_to_none=True)
-        return flops
+        return self._counted("train", step)
 
     def flops_per_sample(self) -> float:
         z = torch.zeros(2, self.z_dim, 1, 1, device=self.device)
-        return count_flops(lambda: self.G(z), [self.G]) / 2
+
+        def forward() -> None:
+            with torch.no_grad():
+                self.G(z)
+
+        return self._counted("sample", forward)

@@ -1,0 +1,231 @@
+"""Latent diffusion (Rombach et al. 2022), the seed's "unconditional latent diffusion with a UNet".
+
+Stage 1 trains the KL autoencoder for the first `ae_fraction` of the budget (or takes it from an earlier
+run: autoencoder_run = RUN_ID); stage 2 encodes the prepared data once into cached latents and trains
+the DDPM UNet on them. Sampling is DDIM (or DDPM) in latent space, then one decoder pass."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmark import checkpoint
+from benchmark.data import Prepared, cache_root
+from benchmark.errors import UserError
+from benchmark.filelock import file_lock
+from benchmark.models import ddpm
+from benchmark.models.autoencoder import KLAutoencoder
+from benchmark.models.common import autocast, count_flops, to_uint8
+
+log = logging.getLogger(__name__)
+
+DEFAULTS: dict[str, Any] = {
+    **ddpm.DEFAULTS,
+    # stage 2: the UNet on 16x16x4 latents
+    "ch": 128,
+    "ch_mult": [1, 2, 2],
+    "attn_resolutions": [8],
+    "dropout": 0.0,
+    "lr": 3e-4,  # the seed's
+    # stage 1: the autoencoder
+    "ae_ch": 64,
+    "ae_ch_mult": [1, 2, 2],  # three levels: downsampling factor 4
+    "ae_res_blocks": 1,
+    "latent_channels": 4,
+    "ae_lr": 2e-4,
+    "ae_recon": "l1",  # l1 | l2
+    "kl_weight": 1e-6,
+    "ae_fraction": 0.25,  # share of the budget for stage 1
+    "autoencoder_run": "",  # reuse the autoencoder of this earlier ldm run; stage 1 is then skipped
+}
+STAGES = ("autoencoder", "diffusion")
+
+
+def _weights_hash(module: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for tensor in module.state_dict().values():
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class LDM:
+    name = "ldm"
+
+    def __init__(self, spec, device: torch.device, precision: str):
+        if spec.ae_recon not in ("l1", "l2"):
+            raise UserError(f"ae_recon must be l1 or l2, got {spec.ae_recon!r}")
+        if not 0 <= spec.ae_fraction < 1:
+            raise UserError(f"ae_fraction must be in [0, 1), got {spec.ae_fraction}")
+        self.device, self.precision = device, precision
+        self.memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
+        torch.manual_seed(spec.seed)
+        self.ae = KLAutoencoder(spec.ae_ch, tuple(spec.ae_ch_mult), spec.ae_res_blocks,
+                                spec.latent_channels).to(device, memory_format=self.memory_format)
+        if spec.resolution % self.ae.factor:
+            raise UserError(f"resolution {spec.resolution} is not divisible by the autoencoder's "
+                            f"factor {self.ae.factor}")
+        self.ae_opt = torch.optim.Adam(self.ae.parameters(), lr=spec.ae_lr, betas=(0.5, 0.9))  # LDM's AE betas
+        self.dm = ddpm.DDPM(spec, device, precision, channels=spec.latent_channels,
+                            size=spec.resolution // self.ae.factor, clip=False)
+        self.kl_weight, self.recon, self.ae_fraction = spec.kl_weight, spec.ae_recon, spec.ae_fraction
+        self.noise = torch.Generator().manual_seed(spec.seed + 2)  # the autoencoder's posterior draws
+        self.stage = STAGES[0]
+        self.scale: float | None = None  # 1 / std of the latents, so the diffusion sees unit variance
+        self.latents: torch.Tensor | None = None
+        self.extra_flops = 0.0  # one-off work the loop charges on top of per-image FLOPs (encoding the data)
+        self._recon_scored = False
+        self._flops: dict[str, float] = {}
+        if spec.autoencoder_run:
+            self._load_autoencoder(spec.autoencoder_run)
+            self.stage = STAGES[1]
+
+    def _load_autoencoder(self, run_id: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        from benchmark.tracking import Tracker
+        from benchmark.train import CHECKPOINT
+
+        try:
+            path = Tracker(run_id).dir / CHECKPOINT
+        except MlflowException:
+            raise UserError(f"autoencoder_run: no MLflow run {run_id!r} in this store") from None
+        if not path.is_file():
+            raise UserError(f"autoencoder_run: run {run_id} has no checkpoint")
+        state = checkpoint.load(path)["model"]
+        if "ae" not in state:
+            raise UserError(f"autoencoder_run: run {run_id} is not an ldm run")
+        try:
+            self.ae.load_state_dict(state["ae"])
+        except RuntimeError:
+            raise UserError(f"autoencoder_run: run {run_id}'s autoencoder has other ae_* settings") from None
+        log.info("reusing the autoencoder of run %s; stage 1 skipped", run_id)
+
+    def _amp(self):
+        return autocast(self.device, self.precision)
+
+    # ------------------------------------------------------------ training
+
+    def train_step(self, batch: torch.Tensor, *, indices: np.ndarray, fraction: float, data: Prepared,
+                   **_) -> dict[str, float]:
+        if self.stage == STAGES[0] and fraction >= self.ae_fraction:
+            self.stage = STAGES[1]
+            log.info("stage 2: latent diffusion (autoencoder trained for %.0f%% of the budget)", 100 * fraction)
+        if self.stage == STAGES[0]:
+            return self._autoencoder_step(batch.to(self.device, memory_format=self.memory_format))
+        if self.latents is None:
+            self.latents = self._encode_dataset(data)
+        z = self.latents[torch.from_numpy(indices)].to(self.device, memory_format=self.memory_format)
+        return {"loss": self.dm.fit(z * self.scale)}
+
+    def _autoencoder_step(self, x: torch.Tensor) -> dict[str, float]:
+        self._recon_scored = False
+        self.ae_opt.zero_grad(set_to_none=True)
+        with self._amp():
+            loss, parts = self.ae.loss(x, self.noise, self.kl_weight, self.recon)
+        loss.backward()
+        self.ae_opt.step()
+        return {"loss_ae": loss.item(), **parts}
+
+    @torch.no_grad()
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        with self._amp():
+            return self.ae.encode(x.to(self.device, memory_format=self.memory_format))[0].float().cpu()
+
+    def _encode_dataset(self, data: Prepared, batch_size: int = 256) -> torch.Tensor:
+        """Posterior means of every prepared image, cached on disk by data and autoencoder weights."""
+        self.ae.eval()
+        key = f"{data.fingerprint}-{data.split}-{data.resolution}-{_weights_hash(self.ae)}"
+        path = cache_root() / "latents" / f"{key}.pt"
+        with file_lock(path.with_suffix(".lock")):
+            if path.is_file():
+                latents = torch.load(path, map_location="cpu", weights_only=True)
+                log.info("reusing cached latents %s", path.name)
+            else:
+                log.info("encoding %d images into latents (once; cached as %s)", len(data), path.name)
+                latents = torch.cat([
+                    self._encode(torch.from_numpy(np.array(data.images[i : i + batch_size])).float()
+                                 .div_(127.5).sub_(1.0)) for i in range(0, len(data), batch_size)])
+                path.parent.mkdir(parents=True, exist_ok=True)
+                torch.save(latents, path.with_suffix(".partial"))
+                path.with_suffix(".partial").replace(path)
+                self.extra_flops += len(data) * self._encoder_flops()
+        if self.scale is None:
+            self.scale = float(1.0 / latents.std())
+            log.info("latent scale factor 1/std = %.4f", self.scale)
+        return latents
+
+    # ------------------------------------------------------------ sampling and evaluation
+
+    @property
+    def sample_nfe(self) -> int:
+        return self.dm.sample_nfe
+
+    @property
+    def sampler_steps(self) -> int:
+        return self.dm.sampler_steps
+
+    @sampler_steps.setter
+    def sampler_steps(self, steps: int) -> None:
+        self.dm.sampler_steps = steps
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        z = self.dm.sample_x0(n, generator) / (self.scale or 1.0)
+        with self._amp():
+            return to_uint8(self.ae.decode(z.to(memory_format=self.memory_format)))
+
+    @torch.no_grad()
+    def extra_eval_sets(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Reconstructions of real images, scored as recon_fid: the autoencoder bounds the LDM's quality.
+        Only when the autoencoder changed since it was last scored."""
+        if self._recon_scored:
+            return {}
+        self._recon_scored = self.stage == STAGES[1]
+        x = real.float().div(127.5).sub(1.0).to(self.device, memory_format=self.memory_format)
+        with self._amp():
+            return {"recon": to_uint8(self.ae.decode(self.ae.encode(x)[0]))}
+
+    # ------------------------------------------------------------ state and cost
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ae": self.ae.state_dict(), "ae_opt": self.ae_opt.state_dict(), "dm": self.dm.state_dict(),
+                "noise": self.noise.get_state(), "stage": self.stage, "scale": self.scale}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.ae.load_state_dict(state["ae"])
+        self.ae_opt.load_state_dict(state["ae_opt"])
+        self.dm.load_state_dict(state["dm"])
+        self.noise.set_state(state["noise"])
+        self.stage, self.scale = state["stage"], state["scale"]
+
+    def _counted(self, key: str, fn) -> float:
+        if key not in self._flops:
+            self._flops[key] = count_flops(fn, [self.ae]) / 2
+            self.ae.zero_grad(set_to_none=True)
+        return self._flops[key]
+
+    def _x(self) -> torch.Tensor:
+        return torch.zeros(2, 3, self.dm.size * self.ae.factor, self.dm.size * self.ae.factor, device=self.device)
+
+    def _encoder_flops(self) -> float:
+        return self._counted("encode", lambda: self._encode(self._x()))
+
+    def flops_per_train_image(self) -> float:
+        """Per image of the current stage: autoencoder forward+backward, or the UNet's on latents."""
+        if self.stage == STAGES[0]:
+            gen = torch.Generator().manual_seed(0)
+            return self._counted("ae", lambda: self.ae.loss(self._x(), gen, self.kl_weight)[0].backward())
+        return self.dm.flops_per_train_image()
+
+    def flops_per_sample(self) -> float:
+        z = torch.zeros(2, self.dm.channels, self.dm.size, self.dm.size, device=self.device)
+
+        def decode() -> None:
+            with torch.no_grad():
+                self.ae.decode(z)
+
+        return self.dm.flops_per_sample() + self._counted("decode", decode)
