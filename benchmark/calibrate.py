@@ -172,3 +172,107 @@ def evaluation(data: str, n: int = 64) -> dict[str, float]:
     return {"ours_seconds": ours_s, "theirs_seconds": theirs_s, "ratio": theirs_s / ours_s,
             "images_per_second": n / ours_s, "fid_ours": ours["fid"],
             "fid_theirs": theirs["frechet_inception_distance"]}
+
+
+def _time_family(name: str, prepared, batch_size: int, steps: int, sample_n: int, fraction: float = 0.0,
+                 overrides: tuple[str, ...] = ()) -> dict[str, float]:
+    """Train images/s, sample images/s and the FLOP/s fraction of one family at its default settings."""
+    from benchmark.models import family
+
+    cls, defaults = family(name)
+    spec = build_spec(name, defaults, overrides=[f"batch_size={batch_size}", *overrides])
+    device = torch.device("cpu")
+    model = cls(spec, device, resolve_precision(spec.precision, device))
+    rng = np.random.default_rng(0)
+
+    def step(_) -> None:
+        idx = rng.integers(0, len(prepared), batch_size)
+        batch = torch.from_numpy(np.array(prepared.images[idx])).float().div_(127.5).sub_(1.0)
+        model.train_step(batch, indices=idx, fraction=fraction, data=prepared)
+
+    step(None)  # warm-up (and, for ldm's second stage, encoding the data once)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(None)
+    train_ips = steps * batch_size / (time.perf_counter() - start)
+    start = time.perf_counter()
+    model.sample(sample_n, torch.Generator().manual_seed(0))
+    sample_ips = sample_n / (time.perf_counter() - start)
+    return {"train_img_per_s": train_ips, "sample_img_per_s": sample_ips, "gflops_per_image":
+            model.flops_per_train_image() / 1e9, "sample_gflops": model.flops_per_sample() / 1e9,
+            "sample_nfe": model.sample_nfe, "train_flops_per_s": train_ips * model.flops_per_train_image()}
+
+
+def families(data: str, batch_size: int = 16, steps: int = 3, sample_n: int = 4) -> dict[str, dict]:
+    """Every family at its default settings on this machine: train and sample images/s, fraction of peak."""
+    prepared = prepare(str(Path(data).expanduser()), "all", 64, progress=False) if data != "synthetic" else \
+        prepare("synthetic", "all", 64, synthetic_images=512, progress=False)
+    peak = matmul_peak(torch.device("cpu"))
+    rows = {}
+    print(f"Every family at its default settings, batch {batch_size}, {steps} timed steps, "
+          f"{torch.get_num_threads()} threads; fp32 matmul peak {peak / 1e9:.0f} GFLOP/s")
+    print(f"  {'family':<22}{'train img/s':>12}{'GFLOP/img':>11}{'of peak':>9}{'sample img/s':>14}{'NFE':>5}")
+    for name, fraction in (("dcgan", 0.0), ("wgan-gp", 0.0), ("ddpm", 0.0), ("ldm", 0.0), ("ldm", 0.5)):
+        label = name if name != "ldm" else f"ldm ({'autoencoder' if fraction == 0 else 'latent diffusion'})"
+        row = _time_family(name, prepared, batch_size, steps, sample_n, fraction)
+        row["fraction_of_peak"] = row["train_flops_per_s"] / peak
+        rows[label] = row
+        print(f"  {label:<22}{row['train_img_per_s']:>12.1f}{row['gflops_per_image']:>11.2f}"
+              f"{row['fraction_of_peak']:>9.1%}{row['sample_img_per_s']:>14.2f}{row['sample_nfe']:>5}")
+    return rows
+
+
+def diffusers_ddpm(batch_size: int = 16, steps: int = 3) -> dict[str, float] | None:
+    """Our DDPM training step against the same-sized UNet2DModel + DDPMScheduler step of `diffusers`
+    (with its EMAModel, as its training example does), side by side in this process."""
+    try:
+        from diffusers import DDPMScheduler, UNet2DModel
+        from diffusers.training_utils import EMAModel
+    except ImportError:
+        print("diffusers comparison skipped: pip install 'facebench[bench]' (or diffusers) to run it")
+        return None
+    from benchmark.models.ddpm import DDPM
+    from benchmark.models.ddpm import DEFAULTS as DDPM_DEFAULTS
+
+    spec = build_spec("ddpm", DDPM_DEFAULTS, overrides=[f"batch_size={batch_size}"])
+    device = torch.device("cpu")
+    ours = DDPM(spec, device, resolve_precision(spec.precision, device))
+    levels = [64 // 2**i for i in range(len(spec.ch_mult))]
+    attn = [r in spec.attn_resolutions for r in levels]
+    theirs = UNet2DModel(
+        sample_size=64, in_channels=3, out_channels=3, layers_per_block=spec.num_res_blocks,
+        block_out_channels=tuple(spec.ch * m for m in spec.ch_mult), dropout=spec.dropout,
+        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
+        attention_head_dim=max(spec.ch * m for m in spec.ch_mult))  # one head, as in DDPM
+    scheduler = DDPMScheduler(num_train_timesteps=spec.timesteps, beta_schedule="linear")
+    opt = torch.optim.Adam(theirs.parameters(), lr=spec.lr, betas=(spec.beta1, spec.beta2))
+    ema = EMAModel(theirs.parameters(), decay=spec.ema_decay)
+    x0 = torch.rand(batch_size, 3, 64, 64) * 2 - 1
+
+    def their_step(_) -> None:
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, spec.timesteps, (batch_size,))
+        loss = F.mse_loss(theirs(scheduler.add_noise(x0, noise, t), t).sample, noise)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(theirs.parameters(), spec.grad_clip)
+        opt.step()
+        ema.step(theirs.parameters())
+
+    def timed(step) -> float:
+        step(None)
+        start = time.perf_counter()
+        for _ in range(steps):
+            step(None)
+        return steps * batch_size / (time.perf_counter() - start)
+
+    params = (sum(p.numel() for p in ours.net.parameters()), sum(p.numel() for p in theirs.parameters()))
+    their_ips = timed(their_step)
+    our_ips = timed(lambda _: ours.train_step(x0))
+    print(f"DDPM training step vs diffusers (UNet2DModel + DDPMScheduler + EMAModel), batch {batch_size}, "
+          f"{steps} timed steps; parameters ours {params[0] / 1e6:.2f}M, theirs {params[1] / 1e6:.2f}M")
+    print(f"  diffusers {their_ips:8.2f} img/s\n  ours      {our_ips:8.2f} img/s\n  ratio ours/diffusers: "
+          f"{our_ips / their_ips:.2f}x")
+    return {"ours_img_per_s": our_ips, "diffusers_img_per_s": their_ips, "ratio": our_ips / their_ips,
+            "ours_params": params[0], "diffusers_params": params[1]}

@@ -215,6 +215,56 @@ def study(model, trials, trial_budget, study_name, storage, workers, sampler, pr
     click.echo(f"open the study: {summary['dashboard']}")
 
 
+# ---------------------------------------------------------------- report, compare
+
+
+@cli.command()
+@click.option("--experiment", "experiments", multiple=True,
+              help="MLflow experiment(s) to report on; repeatable. Default: every experiment with FIDs.")
+@click.option("--out", default="report", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for index.html, tables/ (Markdown + CSV) and figures/.")
+@click.option("--group", is_flag=True, help="Report metric sets made differently (N, split, weights, data) "
+              "side by side instead of refusing to mix them.")
+@click.option("--project-to", type=float, default=58.0, show_default=True,
+              help="Device-hours at which the scaling fit projects each model's FID (labelled extrapolation).")
+@tracking_option
+@quiet_option
+def report(experiments, out, group, project_to, tracking_uri, quiet) -> None:
+    """Quality-versus-cost tables, Pareto fronts, plots and scaling fits from MLflow runs, as one HTML page."""
+    from analysis.report import build
+
+    _setup_logging(quiet)
+    _tracking(tracking_uri)
+    index = build(out, list(experiments) or None, group, project_to)
+    click.echo(f"report: {index}")
+
+
+@cli.command()
+@click.option("--models", required=True, help="Comma-separated families (or aliases), e.g. dcgan,wgan-gp,ddpm.")
+@click.option("--budget", required=True, help="The same budget for every run, as for bench run.")
+@click.option("--data", envvar="BENCH_DATA", help="The same data for every run (default synthetic).")
+@click.option("--seeds", type=click.IntRange(1), default=1, show_default=True,
+              help="Runs per model with seeds 0..N-1; tables show mean and spread.")
+@click.option("--set", "overrides", multiple=True, metavar="[MODEL:]KEY=VALUE",
+              help="Override for every model (key=value) or one (ddpm:ch=32). Repeatable.")
+@click.option("--experiment-name", help="MLflow experiment for the runs; default compare-<date-time>.")
+@click.option("--out", default="report", show_default=True, type=click.Path(file_okay=False))
+@device_option
+@tracking_option
+@quiet_option
+def compare(models, budget, data, seeds, overrides, experiment_name, out, device, tracking_uri, quiet) -> None:
+    """Train each model (and seed) on the same data, budget and evaluation, then write the report."""
+    from analysis.compare import compare as run_compare
+
+    _setup_logging(quiet)
+    _tracking(tracking_uri)
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    if not names:
+        raise UserError("--models needs at least one model")
+    index = run_compare(names, budget, data, seeds, tuple(overrides), experiment_name, out, device, not quiet)
+    click.echo(f"report: {index}")
+
+
 # ---------------------------------------------------------------- calibrate, ui
 
 
@@ -225,7 +275,11 @@ def study(model, trials, trial_budget, study_name, storage, workers, sampler, pr
 @click.option("--batch-size", type=click.IntRange(2), default=128, show_default=True)
 @click.option("--inception", is_flag=True, help="Also time evaluation: ours vs PNGs + torch-fidelity on a folder.")
 @click.option("--eval-images", type=click.IntRange(16), default=64, show_default=True)
-def calibrate(data, steps, batch_size, inception, eval_images) -> None:
+@click.option("--families", "all_families", is_flag=True,
+              help="Also every family (dcgan, wgan-gp, ddpm, ldm) at its defaults: train and sample images/s, "
+              "fraction of peak; and our DDPM step vs diffusers' (pip install 'facebench[bench]').")
+@click.option("--family-batch-size", type=click.IntRange(2), default=16, show_default=True)
+def calibrate(data, steps, batch_size, inception, eval_images, all_families, family_batch_size) -> None:
     """Measure training images/s of our path vs the usual tutorial pipeline, and the fraction of peak FLOP/s."""
     from benchmark import calibrate as cal
 
@@ -233,6 +287,9 @@ def calibrate(data, steps, batch_size, inception, eval_images) -> None:
     cal.training(data, steps, batch_size)
     if inception:
         cal.evaluation(data, eval_images)
+    if all_families:
+        cal.families(data, family_batch_size, min(steps, 3))
+        cal.diffusers_ddpm(family_batch_size, min(steps, 3))
 
 
 @cli.command()

@@ -51,8 +51,8 @@ class Evaluator:
         if isinstance(batches, (np.ndarray, torch.Tensor)):
             array = batches
             total = len(array)
-            batches = (torch.as_tensor(np.array(array[i : i + self.batch_size]))
-                       for i in range(0, len(array), self.batch_size))
+            batches = (torch.as_tensor(np.array(array[i : i + self.batch_size])) if isinstance(array, np.ndarray)
+                       else array[i : i + self.batch_size] for i in range(0, len(array), self.batch_size))
         pools, logits = [], []
         start = time.perf_counter()
         with torch.inference_mode(), tqdm(total=total, desc=desc, unit="img", disable=not self.progress,

@@ -383,7 +383,10 @@ def run_study(opts: StudyOptions, workers: int = 1, progress: bool = True) -> di
     if workers <= 1:
         run_worker(opts, parent_id, progress)
     else:
-        procs = [subprocess.Popen(_worker_command(opts, parent_id), env=os.environ.copy()) for _ in range(workers)]
+        # Workers share this machine's cores: two workers each running one thread per core oversubscribe
+        # them and spin in OpenMP barriers (measured 2.8x slower here). The user's own setting wins.
+        env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // workers)), **os.environ}
+        procs = [subprocess.Popen(_worker_command(opts, parent_id), env=env) for _ in range(workers)]
         for proc in procs:
             proc.wait()
         failed = [p.returncode for p in procs if p.returncode]

@@ -70,3 +70,17 @@ def bench_inprocess(*args: str, capsys) -> tuple[int, str, str]:
 # Small but real DCGAN settings for fast tests: same architecture, narrower.
 TINY = ["--set", "ngf=8", "--set", "ndf=8", "--set", "batch_size=16", "--set", "synthetic_images=256",
         "--set", "eval.samples=0", "--set", "eval.grid=16", "--quiet"]
+
+
+def chromium(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
+    """Debian's headless Chromium, as .ci/run installs it; skipped (failed in CI) where it is missing."""
+    import shutil
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium missing in CI: .ci/run must install Debian's chromium")
+        pytest.skip("chromium not found (apt-get install chromium)")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-dev-shm-usage", "--hide-scrollbars"]
+    return subprocess.run([exe, *flags, *args], capture_output=True, text=True, timeout=timeout)

@@ -48,3 +48,6 @@ def test_dcgan_run_on_celeba_logs_everything_and_reuses_caches(celeba, capsys, c
     assert code == 0, err
     assert "fid" in out and "kid_mean" in out
     assert len(client.get_metric_history(run.info.run_id, "fid")) == 3
+
+    code, _, err = bench_inprocess("eval", run.info.run_id, "--sampler-steps", "10", capsys=capsys)
+    assert code != 0 and "one network pass" in err and "Traceback" not in err

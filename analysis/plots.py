@@ -1,0 +1,89 @@
+"""The report's figures (seaborn, PNG): FID against cost with the Pareto front, KID with error bars,
+FID against sampling steps, and the sample progression strip of a run across its eval points."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from analysis.tables import COST_AXES, pareto_front  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def fid_vs_cost(df: pd.DataFrame, axis: str, path: Path) -> Path:
+    """Each run's FID at its eval points against cost (log axes), coloured by model; the Pareto front."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    data = df[df[axis] > 0]
+    sns.lineplot(data=data, x=axis, y="fid", hue="model", units="run_id", estimator=None, marker="o", ax=ax)
+    front = pareto_front(data, axis)
+    ax.step(front[axis], front["fid"], where="post", color="black", linestyle="--", linewidth=1,
+            label="Pareto front")
+    ax.set(xscale="log", yscale="log", xlabel=COST_AXES.get(axis, axis), ylabel="FID (lower is better)",
+           title=f"Quality versus training cost ({COST_AXES.get(axis, axis)})")
+    ax.legend()
+    return _save(fig, path)
+
+
+def fid_vs_sampling_cost(df: pd.DataFrame, path: Path) -> Path:
+    """The last eval point of each run: FID against seconds per generated image."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    data = df[df["sample_seconds_per_image"] > 0]
+    sns.scatterplot(data=data, x="sample_seconds_per_image", y="fid", hue="model", style="model", s=70, ax=ax)
+    ax.set(xscale="log", xlabel="sampling seconds per image", ylabel="FID", title="Quality versus sampling cost")
+    return _save(fig, path)
+
+
+def kid_with_errors(df: pd.DataFrame, axis: str, path: Path) -> Path:
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for (model, _), run in df[df[axis] > 0].sort_values(axis).groupby(["model", "run_id"], sort=True):
+        ax.errorbar(run[axis], run["kid_mean"], yerr=run["kid_std"], marker="o", capsize=3, label=model)
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    ax.legend(unique.values(), unique.keys())
+    ax.set(xscale="log", xlabel=COST_AXES.get(axis, axis), ylabel="KID (mean ± std over subsets)",
+           title="KID versus training cost")
+    return _save(fig, path)
+
+
+def fid_vs_steps(sweeps: pd.DataFrame, path: Path) -> Path:
+    """Diffusion: FID of one checkpoint against the number of sampling steps (bench eval --sampler-steps)."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    sns.lineplot(data=sweeps, x="sampler_steps", y="fid", hue="run_name", marker="o", ax=ax)
+    ax.set(xscale="log", xlabel="sampling steps (network evaluations per image)", ylabel="FID",
+           title="Quality versus sampling steps")
+    return _save(fig, path)
+
+
+def progression_strip(grids: list[Path], path: Path, title: str = "", height: int = 160) -> Path:
+    """The run's sample grids side by side, labelled with images seen: the seed's per-epoch figures."""
+    from PIL import Image
+
+    fig, axes = plt.subplots(1, len(grids), figsize=(2.2 * len(grids), 2.6), squeeze=False)
+    for ax, grid in zip(axes[0], grids, strict=True):
+        image = Image.open(grid).convert("RGB")
+        image = image.resize((height, round(height * image.height / image.width)))
+        ax.imshow(image)
+        match = re.search(r"grid_(\d+)", grid.name)
+        ax.set_title(f"{int(match.group(1)):,} img" if match else grid.stem, fontsize=9)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

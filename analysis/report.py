@@ -1,0 +1,210 @@
+"""`bench report`: MLflow runs -> tables (Markdown + CSV), figures (PNG) and one self-contained
+report/index.html with the figures embedded; the folder is also logged as a "report" MLflow run."""
+
+from __future__ import annotations
+
+import base64
+import html
+import logging
+import math
+import time
+from pathlib import Path
+
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from analysis import plots, scaling, tables
+from analysis.collect import PROVENANCE, collect, comparable
+from benchmark.errors import UserError
+
+log = logging.getLogger(__name__)
+
+REPORT_EXPERIMENT = "reports"
+
+
+def _artifacts(client: MlflowClient, run_id: str) -> Path | None:
+    from benchmark.tracking import _local_path
+
+    return _local_path(client.get_run(run_id).info.artifact_uri)
+
+
+def sweeps(client: MlflowClient, df: pd.DataFrame) -> pd.DataFrame:
+    """fid_vs_steps of every run in the table (bench eval --sampler-steps), a row per step count."""
+    rows = []
+    for run_id, run in df.groupby("run_id", sort=True):
+        for m in client.get_metric_history(run_id, "fid_vs_steps"):
+            rows.append({"run_id": run_id, "run_name": run["run_name"].iloc[0], "model": run["model"].iloc[0],
+                         "sampler_steps": m.step, "fid": m.value})
+    return pd.DataFrame(rows, columns=["run_id", "run_name", "model", "sampler_steps", "fid"])
+
+
+def studies(client: MlflowClient, experiments: list[str] | None) -> pd.DataFrame:
+    """One row per Optuna study parent run: best value and params, trials and tuning cost."""
+    rows = []
+    for exp in client.search_experiments():
+        if experiments and exp.name not in experiments:
+            continue
+        for run in client.search_runs([exp.experiment_id], "tags.`study.parent` = 'true'"):
+            m, p = run.data.metrics, run.data.params
+            rows.append({"study": p.get("study_name", run.info.run_name), "model": p.get("model"),
+                         "trial budget": p.get("trial_budget"), "metric": p.get("metric"),
+                         "trials": sum(v for k, v in m.items() if k.startswith("trials_")),
+                         "best value": m.get("best_value"),
+                         "best params": ", ".join(f"{k[5:]}={v:.3g}" for k, v in sorted(m.items())
+                                                  if k.startswith("best_") and k != "best_value"),
+                         "tuning device-hours": m.get("tuning_device_hours"), "tuning PFLOPs": m.get("tuning_pflops"),
+                         "run_id": run.info.run_id})
+    return pd.DataFrame(rows)
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(path.stem)}"><figcaption>' \
+           f'{html.escape(path.stem.replace("_", " "))}</figcaption></figure>'
+
+
+def _table(name: str, title: str, table: pd.DataFrame, out: Path, note: str = "") -> str:
+    """Write tables/<name>.md and .csv; return the HTML section."""
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "tables" / f"{name}.csv")
+    (out / "tables" / f"{name}.md").write_text(f"# {title}\n\n{note}\n\n{tables.to_markdown(table)}")
+    body = table.to_html(na_rep="", float_format=lambda v: f"{v:.4g}", border=0, classes="table")
+    return f'<section class="table-section" id="{name}"><h3>{html.escape(title)}</h3>' \
+           f'<p class="note">{html.escape(note)}</p>{body}</section>'
+
+
+def _targets(df: pd.DataFrame) -> list[float]:
+    finals = tables.final_points(df)["fid"]
+    return sorted({float(f"{v:.3g}") for v in (finals.min() * 1.1, finals.median(), finals.max())})
+
+
+def _scaling_table(df: pd.DataFrame, axis: str, project_to: float, targets: list[float]) -> pd.DataFrame:
+    rows = {}
+    for model, runs in df.groupby("model", sort=True):
+        fitted = scaling.fit(runs[axis], runs["fid"])
+        if fitted is None:
+            rows[model] = {"fit": f"too few eval points ({len(runs)}; need 4 at distinct costs)"}
+            continue
+        at, lo, hi = fitted.fid_at(project_to)
+        row = {"fit": f"FID = {fitted.a_raw:.3g} c^-{fitted.b:.3g} + {fitted.e:.3g} ({fitted.points} points)",
+               f"FID at {project_to:g} {tables.COST_AXES[axis]} (extrapolated)": f"{at:.4g} [{lo:.4g}, {hi:.4g}]"}
+        for t in targets:
+            cost, lo, hi = fitted.cost_for(t)
+            measured = runs[axis].max()
+            row[f"cost to FID {t:g} (extrapolated)"] = (
+                "never (the fitted floor is above)" if math.isinf(cost)
+                else "beyond 1000x the measured cost" if cost > 1000 * measured
+                else f"{cost:.3g} [{lo:.3g}, {hi:.3g}]")
+        rows[model] = row
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "model"
+    return table
+
+
+def build(out: Path, experiments: list[str] | None = None, group: bool = False, project_to: float = 58.0,
+          log_run: bool = True) -> Path:
+    """Write out/index.html, out/tables/*, out/figures/*; returns the index path."""
+    client = MlflowClient()
+    df = collect(experiments, client)
+    if df.empty:
+        raise UserError("no runs with FID to report" + (f" in {', '.join(experiments)}" if experiments else ""))
+    out = Path(out)
+    figures = out / "figures"
+    sections = []
+    for i, part in enumerate(comparable(df, group)):
+        tag = "" if i == 0 else f"_{i + 1}"
+        made = ", ".join(f"{k} {part[k].iloc[0]}" for k in PROVENANCE if k != "weights_sha256")
+        sections.append(f"<h2>Metric set {i + 1}</h2><p class='note'>numbers made the same way: {html.escape(made)}, "
+                        f"Inception weights {str(part['weights_sha256'].iloc[0])[:12]}</p>")
+        targets = _targets(part)
+        for axis in ("device_hours", "pflops"):
+            unit = tables.COST_AXES[axis]
+            sections.append(_table(f"fid_at_equal_{axis}{tag}", f"FID at equal cost ({unit})",
+                                   tables.quality_at_equal_cost(part, axis), out,
+                                   "Interpolated linearly in log-cost between eval points; empty = not measured "
+                                   "at that budget (never extrapolated). Mean ± std over runs (seeds)."))
+            sections.append(_table(f"cost_to_reach_{axis}{tag}", f"Cost ({unit}) to reach a FID",
+                                   tables.cost_to_reach_table(part, targets, axis), out,
+                                   "First cost at which the interpolated FID reaches the target; empty = not reached."))
+            sections.append(_table(f"pareto_{axis}{tag}", f"Pareto front: FID vs {unit}",
+                                   tables.pareto_front(part, axis), out, "Eval points no other point beats on both."))
+            sections.append(_img(plots.fid_vs_cost(part, axis, figures / f"fid_vs_{axis}{tag}.png")))
+        sections.append(_table(f"pareto_sampling{tag}", "Pareto front: FID vs sampling seconds per image",
+                               tables.pareto_front(part, "sample_seconds_per_image"), out,
+                               "Every eval point; sampling cost is per generated image on the run's device."))
+        sections.append(_img(plots.fid_vs_sampling_cost(tables.final_points(part),
+                                                        figures / f"fid_vs_sampling_cost{tag}.png")))
+        sections.append(_img(plots.kid_with_errors(part, "device_hours", figures / f"kid_vs_device_hours{tag}.png")))
+        sections.append(_table(f"final{tag}", "Every run at the end of its budget",
+                               tables.final_points(part)[["model", "run_name", "budget", "seed", "images_seen",
+                                                          "epochs", "device_hours", "pflops", "sample_nfe",
+                                                          "sample_seconds_per_image", "fid", "kid_mean", "kid_std",
+                                                          "precision", "recall"]].set_index("model"), out))
+        sections.append(_table(f"scaling{tag}", "Scaling fit and projections (EXTRAPOLATION)",
+                               _scaling_table(part, "device_hours", project_to, targets), out,
+                               "FID(c) = a c^-b + e fitted per model over its eval points; [5%, 95%] from a residual "
+                               "bootstrap. Beyond the measured costs: a projection, not a measurement."))
+
+    swept = sweeps(client, df)
+    if not swept.empty:
+        figure = plots.fid_vs_steps(swept, figures / "fid_vs_sampling_steps.png")
+        sections.append("<h2>Sampling steps</h2>" + _img(figure))
+    study_table = studies(client, experiments)
+    if not study_table.empty:
+        sections.append("<h2>Studies</h2>")
+        sections.append(_table("studies", "Tuning cost and best settings per study", study_table.set_index("study"),
+                               out))
+        untuned = tables.final_points(df[df["parent_run"].isna()])
+        sections.append(_table("seed_vs_tuned", "Untuned runs (seed settings) at the end of their budgets",
+                               untuned[["model", "run_name", "budget", "lr_g", "lr_d", "lr", "beta1", "beta2",
+                                        "fid"]].set_index("model"), out,
+                               "Compare with each study's best value at its trial budget above."))
+        for run_id in study_table["run_id"]:
+            folder = _artifacts(client, run_id)
+            for png in sorted((folder / "plots").glob("*.png")) if folder else []:
+                sections.append(_img(png))
+
+    sections.append("<h2>Runs</h2>")
+    for run_id, run in list(tables.final_points(df).groupby("run_id", sort=False))[:12]:
+        folder = _artifacts(client, run_id)
+        if folder is None:
+            continue
+        name = f"{run['model'].iloc[0]} {run['run_name'].iloc[0]}"
+        sections.append(f"<h3>{html.escape(name)}</h3>")
+        grids = sorted((folder / "samples").glob("grid_*.png"))
+        if grids:
+            sections.append(_img(plots.progression_strip(grids, figures / f"samples_{run_id[:8]}.png", name)))
+        if (folder / "plots" / "losses.png").is_file():
+            sections.append(_img(folder / "plots" / "losses.png"))
+
+    title = "facebench report" + (f": {', '.join(experiments)}" if experiments else "")
+    index = out / "index.html"
+    index.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}
+table{{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}}td,th{{border-bottom:1px solid #ddd;padding:3px 8px;
+text-align:right}}figure{{margin:1em 0}}img{{max-width:100%}}.note{{color:#666;font-size:13px}}</style></head>
+<body><h1>{html.escape(title)}</h1><p class="note">{len(df)} eval points of {df['run_id'].nunique()} runs
+({', '.join(sorted(df['model'].dropna().unique()))}); made {time.strftime('%Y-%m-%d %H:%M')}.
+Lower FID/KID is better. Small-N FIDs (eval_samples below 2,000) rank runs made the same way; they are
+not comparable with papers.</p>
+{''.join(sections)}
+<script>/* how many figures really decoded, for headless checks and for readers of a broken copy */
+addEventListener("load", () => document.body.setAttribute("data-figures-rendered",
+  [...document.images].filter(i => i.complete && i.naturalWidth > 0).length));</script></body></html>
+""")
+    log.info("report: %s (%d tables)", index, len(list((out / 'tables').glob('*.csv'))))
+    if log_run:
+        _log_report(out, experiments)
+    return index
+
+
+def _log_report(out: Path, experiments: list[str] | None) -> None:
+    """The report folder as artifacts of a run in the "reports" experiment."""
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(REPORT_EXPERIMENT)
+    exp_id = exp.experiment_id if exp else client.create_experiment(REPORT_EXPERIMENT)
+    run = client.create_run(exp_id, run_name="report", tags={"report": "true",
+                                                             "report.experiments": ",".join(experiments or ["all"])})
+    client.log_artifacts(run.info.run_id, str(out))
+    client.set_terminated(run.info.run_id)
+    log.info("logged as MLflow run %s in experiment %r", run.info.run_id, REPORT_EXPERIMENT)

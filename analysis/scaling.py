@@ -1,0 +1,87 @@
+"""A fitted scaling curve per model, FID(c) = a * c^-b + e over its eval points: projections of the FID
+at a larger budget and of the cost to reach a target FID, with bootstrap intervals. Extrapolation,
+and labelled so everywhere it is shown."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+B_GRID = np.linspace(0.01, 3.0, 300)
+
+
+def power_law(c, a, b, e):
+    return a * np.power(c, -b) + e
+
+
+@dataclass
+class Fit:
+    """FID(c) = a * (c / scale)^-b + e: cost is fitted in units of the largest measured cost, which keeps
+    the problem well conditioned whether costs are 1e-5 device-hours or 1e4 PFLOPs."""
+
+    a: float
+    b: float
+    e: float
+    points: int
+    samples: np.ndarray  # bootstrap parameter draws (k, 3), for intervals
+    scale: float = 1.0
+
+    @property
+    def a_raw(self) -> float:
+        """a in FID(c) = a c^-b + e with c in the caller's units."""
+        return self.a * self.scale**self.b
+
+    def fid_at(self, cost: float) -> tuple[float, float, float]:
+        """(estimate, 5th, 95th percentile) of FID at cost."""
+        c = cost / self.scale
+        draws = power_law(c, self.samples[:, 0], self.samples[:, 1], self.samples[:, 2])
+        return float(power_law(c, self.a, self.b, self.e)), *map(float, np.percentile(draws, [5, 95]))
+
+    def cost_for(self, target: float) -> tuple[float, float, float]:
+        """(estimate, 5th, 95th percentile) of the cost at which FID reaches target; inf if never (e >= target)."""
+
+        def invert(a, b, e):
+            return self.scale * (a / (target - e)) ** (1 / b) if target > e and a > 0 and b > 0 else math.inf
+
+        draws = np.array([invert(*p) for p in self.samples])
+        return invert(self.a, self.b, self.e), *map(float, np.percentile(draws, [5, 95], method="nearest"))
+
+
+def fit(costs, fids, bootstrap: int = 100, seed: int = 0) -> Fit | None:
+    """Least-squares fit in FID with a, e >= 0 and b in (0, 3]; None with fewer than 4 points (3 parameters)."""
+    from scipy.optimize import nnls
+
+    c = np.asarray(costs, dtype=float)
+    y = np.asarray(fids, dtype=float)
+    keep = (c > 0) & np.isfinite(y)
+    c, y = c[keep], y[keep]
+    if len(c) < 4 or len(np.unique(c)) < 4:
+        return None
+    scale = float(c.max())
+    c = c / scale
+
+    def solve(cc, yy):
+        """For a fixed b the model is linear in (a, e): non-negative least squares on a grid of b."""
+        best_params, best_err = None, math.inf
+        for b in B_GRID:
+            X = np.stack([np.power(cc, -b), np.ones_like(cc)], axis=1)
+            (a, e), err = nnls(X, yy)
+            if err < best_err:
+                best_params, best_err = (a, b, e), err
+        return np.array(best_params)
+
+    try:
+        best = solve(c, y)
+    except (RuntimeError, ValueError):
+        return None
+    rng = np.random.default_rng(seed)
+    residuals = y - power_law(c, *best)
+    draws = []
+    for _ in range(bootstrap):  # residual bootstrap: the spread of curves these points allow
+        try:
+            draws.append(solve(c, power_law(c, *best) + rng.choice(residuals, len(c))))
+        except (RuntimeError, ValueError):
+            continue
+    return Fit(*map(float, best), points=len(c), samples=np.array(draws) if draws else np.array([best]), scale=scale)

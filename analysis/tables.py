@@ -1,0 +1,126 @@
+"""Quality-versus-cost tables from the tidy table: FID at equal cost, cost to reach a FID, Pareto fronts.
+
+FID between two eval points is interpolated linearly in log-cost (eval points are log-spaced, and FID
+curves are close to straight there); outside a run's first and last points nothing is reported: an
+empty cell means "not measured", never an extrapolation. Extrapolation lives in scaling.py, labelled."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+COST_AXES = {"device_hours": "device-hours", "pflops": "PFLOPs"}
+
+
+def interpolate(costs, values, at: float) -> float:
+    """values at cost `at`, linear in log-cost between the surrounding points; NaN outside their range."""
+    points = sorted((c, v) for c, v in zip(costs, values, strict=True) if c > 0 and np.isfinite(v))
+    if not points or at <= 0 or at < points[0][0] or at > points[-1][0]:
+        return math.nan
+    for (c0, v0), (c1, v1) in zip(points, points[1:], strict=False):
+        if c0 <= at <= c1:
+            if c1 == c0:
+                return v1
+            w = (math.log(at) - math.log(c0)) / (math.log(c1) - math.log(c0))
+            return v0 + w * (v1 - v0)
+    return points[-1][1]  # at == the only point
+
+
+def cost_to_reach(costs, values, target: float) -> float:
+    """The first cost at which the (log-interpolated) FID reaches `target`; NaN if it never does."""
+    points = sorted((c, v) for c, v in zip(costs, values, strict=True) if c > 0 and np.isfinite(v))
+    if points and points[0][1] <= target:
+        return points[0][0]
+    for (c0, v0), (c1, v1) in zip(points, points[1:], strict=False):
+        if v1 <= target < v0:
+            w = (v0 - target) / (v0 - v1)
+            return math.exp(math.log(c0) + w * (math.log(c1) - math.log(c0)))
+    return math.nan
+
+
+def ladder(df: pd.DataFrame, axis: str, rungs: int = 5) -> list[float]:
+    """Log-spaced budgets spanning the measured costs, at two significant digits where that stays inside."""
+    costs = df[axis][df[axis] > 0]
+    if costs.empty:
+        return []
+    lo, hi = float(costs.min()), float(costs.max())
+    out = []
+    for v in np.geomspace(lo, hi, rungs) if hi > lo else [lo]:
+        rounded = float(f"{v:.2g}")
+        out.append(rounded if lo <= rounded <= hi else float(f"{v:.4g}") if lo <= float(f"{v:.4g}") <= hi else v)
+    return sorted(set(out))
+
+
+def _per_run(df: pd.DataFrame, fn) -> pd.DataFrame:
+    rows = []
+    for (model, run_id), run in df.groupby(["model", "run_id"], sort=True):
+        rows.append({"model": model, "run_id": run_id, **fn(run)})
+    return pd.DataFrame(rows)
+
+
+def _mean_spread(per_run: pd.DataFrame, columns: list) -> pd.DataFrame:
+    """Mean over seeds (runs) per model, with the spread where several runs measured the cell."""
+    out = {}
+    for model, runs in per_run.groupby("model", sort=True):
+        out[model] = {}
+        for col in columns:
+            values = runs[col].dropna()
+            if values.empty:
+                out[model][col] = ""
+            elif len(values) == 1:
+                out[model][col] = f"{values.iloc[0]:.4g}"
+            else:
+                out[model][col] = f"{values.mean():.4g} ± {values.std(ddof=1):.2g} (n={len(values)})"
+    table = pd.DataFrame.from_dict(out, orient="index")
+    table.index.name = "model"
+    return table
+
+
+def quality_at_equal_cost(df: pd.DataFrame, axis: str = "device_hours", budgets: list[float] | None = None,
+                          metric: str = "fid") -> pd.DataFrame:
+    """Each model's metric at each budget of the ladder (rows: models, columns: budgets on `axis`)."""
+    budgets = budgets or ladder(df, axis)
+    columns = [f"{b:g} {COST_AXES.get(axis, axis)}" for b in budgets]
+    per_run = _per_run(df, lambda run: {col: interpolate(run[axis], run[metric], b)
+                                        for col, b in zip(columns, budgets, strict=True)})
+    return _mean_spread(per_run, columns)
+
+
+def cost_to_reach_table(df: pd.DataFrame, targets: list[float], axis: str = "device_hours") -> pd.DataFrame:
+    columns = [f"FID {t:g}" for t in targets]
+    per_run = _per_run(df, lambda run: {col: cost_to_reach(run[axis], run["fid"], t)
+                                        for col, t in zip(columns, targets, strict=True)})
+    return _mean_spread(per_run, columns)
+
+
+def pareto_front(df: pd.DataFrame, x: str, y: str = "fid") -> pd.DataFrame:
+    """Rows not dominated by any other (lower or equal x and y, one strictly lower), sorted by x."""
+    rows = df[(df[x] > 0) & df[y].notna()].sort_values([x, y])
+    front, best = [], math.inf
+    for index, row in rows.iterrows():
+        if row[y] < best:
+            front.append(index)
+            best = row[y]
+    return rows.loc[front, ["model", "run_name", "run_id", x, y]].reset_index(drop=True)
+
+
+def final_points(df: pd.DataFrame) -> pd.DataFrame:
+    """The last eval point of every run: what each run reached with its whole budget."""
+    return df.sort_values("images_seen").groupby("run_id", sort=False).tail(1).reset_index(drop=True)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (no optional dependency)."""
+    table = table.reset_index() if table.index.name else table
+    header = "| " + " | ".join(map(str, table.columns)) + " |"
+    rule = "| " + " | ".join("---" for _ in table.columns) + " |"
+    body = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.4g}"
+    return str(value)

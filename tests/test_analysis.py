@@ -1,0 +1,187 @@
+"""Analysis from real MLflow runs made by short trainings: the tidy table, interpolation at equal cost,
+Pareto fronts, the refusal to mix metrics made differently, `bench compare` / `bench report`, the report
+rendered in headless Chromium, and the MLflow UI listing the runs and their FIDs."""
+
+import math
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from analysis import tables
+from analysis.collect import collect, comparable
+from benchmark.errors import UserError
+from conftest import chromium
+
+TINY = ["--set", "batch_size=16", "--set", "eval.samples=8", "--set", "eval.real_samples=16", "--set",
+        "eval.points=4", "--set", "eval.grid=4", "--set", "dcgan:ngf=8", "--set", "dcgan:ndf=8", "--set",
+        "wgan-gp:ngf=8", "--set", "wgan-gp:ndf=8", "--set", "wgan-gp:n_critic=2", "--set", "ddpm:ch=8", "--set",
+        "ddpm:sampler_steps=4", "--set", "ddpm:num_res_blocks=1", "--set", "ddpm:attn_resolutions=[8]", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, celeba, bench_cache):
+    """`bench compare` of three families on real faces, a sampling-steps sweep, `bench report`, and one
+    more run whose metrics are made with another N: a real MLflow store shared by this module's tests."""
+    folder = tmp_path_factory.mktemp("compare")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "BENCH_CACHE": str(bench_cache),
+           "TORCH_HOME": str(folder / "torch-home")}
+
+    def bench(*args, check=True):
+        proc = subprocess.run([sys.executable, "-m", "benchmark.cli", *args], cwd=folder, env=env,
+                              capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0 or not check, proc.stderr[-3000:]
+        return proc
+
+    bench("compare", "--models", "dcgan,wgan-gp,ddpm", "--budget", "128img", "--data", str(celeba),
+          "--experiment-name", "cmp", "--out", "report", *TINY)
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("cmp")
+    (ddpm,) = client.search_runs([exp.experiment_id], "params.model = 'ddpm'")
+    sweep = bench("eval", ddpm.info.run_id, "--sampler-steps", "2,4", "--samples", "8")
+    bench("run", "--model", "dcgan", "--budget", "32img", "--data", str(celeba), "--experiment-name", "other-n",
+          "--set", "ngf=8", "--set", "ndf=8", "--set", "batch_size=16", "--set", "eval.samples=6",
+          "--set", "eval.real_samples=16", "--set", "eval.points=1", "--quiet")
+    return {"uri": uri, "folder": folder, "bench": bench, "experiment_id": exp.experiment_id, "client": client,
+            "ddpm": ddpm.info.run_id, "sweep": sweep.stdout}
+
+
+def test_sampling_steps_sweep_logs_fid_against_steps(store):
+    client = store["client"]
+    nfe = client.get_metric_history(store["ddpm"], "sample_nfe_vs_steps")
+    assert [(m.step, m.value) for m in nfe] == [(2, 2.0), (4, 4.0)]
+    assert [m.step for m in client.get_metric_history(store["ddpm"], "fid_vs_steps")] == [2, 4]
+    assert "steps" in store["sweep"] and "FID" in store["sweep"]
+
+
+@pytest.fixture
+def cmp_table(store):
+    import mlflow
+
+    mlflow.set_tracking_uri(store["uri"])
+    return collect(["cmp"], MlflowClient(tracking_uri=store["uri"]))
+
+
+def test_tidy_table_has_a_row_per_eval_point_of_every_run(cmp_table):
+    df = cmp_table
+    assert sorted(df["model"].unique()) == ["dcgan", "ddpm", "wgan-gp"]
+    assert len(df) == 12 and df.groupby("run_id").size().tolist() == [4, 4, 4]  # 4 eval points each
+    for _, run in df.groupby("run_id"):
+        assert run["images_seen"].is_monotonic_increasing and run["images_seen"].iloc[-1] == 128
+        assert (run["device_hours"] > 0).all() and run["device_hours"].is_monotonic_increasing
+    assert set(df["eval_samples"]) == {8} and set(df["real_samples"]) == {16}
+    assert df["reference"].iloc[0].endswith(":train") and df["dataset_fingerprint"].nunique() == 1
+    assert (df[df["model"] == "ddpm"]["sample_nfe"] == 4).all() and (df[df["model"] != "ddpm"]["sample_nfe"] == 1).all()
+    assert {"lr_g", "lr", "beta1", "spec_hash", "pflops", "kid_std", "precision", "recall"} <= set(df.columns)
+
+
+def test_interpolation_in_log_cost_never_extrapolates(cmp_table):
+    for _, run in cmp_table.groupby("run_id"):
+        costs, fids = run["device_hours"].to_numpy(), run["fid"].to_numpy()
+        for c, f in zip(costs, fids, strict=True):
+            assert tables.interpolate(costs, fids, c) == pytest.approx(f)
+        mid = math.sqrt(costs[1] * costs[2])  # halfway in log-cost: halfway in FID
+        assert tables.interpolate(costs, fids, mid) == pytest.approx((fids[1] + fids[2]) / 2)
+        assert math.isnan(tables.interpolate(costs, fids, costs[0] * 0.99))
+        assert math.isnan(tables.interpolate(costs, fids, costs[-1] * 1.01))
+        reached = tables.cost_to_reach(costs, fids, fids.min())
+        assert reached <= costs[np.argmin(fids)] * (1 + 1e-9)
+        assert math.isnan(tables.cost_to_reach(costs, fids, fids.min() - 1))
+    dcgan = cmp_table[cmp_table["model"] == "dcgan"]
+    last = float(dcgan["device_hours"].iloc[-1])
+    table = tables.quality_at_equal_cost(cmp_table, "device_hours", [last, last * 10])
+    assert float(table.loc["dcgan"].iloc[0]) == pytest.approx(dcgan["fid"].iloc[-1], rel=1e-3)
+    assert table.loc["dcgan"].iloc[1] == ""  # beyond its budget: empty, not extrapolated
+
+
+def test_pareto_front_is_exactly_the_non_dominated_points(cmp_table):
+    for axis in ("device_hours", "pflops", "sample_seconds_per_image"):
+        front = tables.pareto_front(cmp_table, axis)
+        assert front[axis].is_monotonic_increasing and front["fid"].is_monotonic_decreasing
+        points = list(zip(cmp_table[axis], cmp_table["fid"], strict=True))
+        on_front = set(zip(front[axis], front["fid"], strict=True))
+        for x, y in points:
+            dominated = any(a <= x and b <= y and (a, b) != (x, y) for a, b in points)
+            assert ((x, y) in on_front) == (not dominated), (axis, x, y)
+
+
+def test_metrics_made_differently_are_refused_or_grouped(store):
+    df = collect(None, store["client"])
+    assert df["eval_samples"].nunique() == 2
+    with pytest.raises(UserError, match="not made the same way.*eval_samples"):
+        comparable(df)
+    assert sorted(len(g) for g in comparable(df, group=True)) == [1, 12]
+    proc = store["bench"]("report", "--out", "mixed", "--quiet", check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "not made the same way" in proc.stderr
+    proc = store["bench"]("report", "--out", "grouped", "--group", "--quiet")
+    page = (store["folder"] / "grouped" / "index.html").read_text()
+    assert "Metric set 2" in page and 'alt="fid_vs_sampling_steps"' in page  # the sweep made after compare
+
+
+def test_report_renders_in_chromium_with_every_table_and_figure(store):
+    report = store["folder"] / "report"
+    index = report / "index.html"
+    page = index.read_text()
+    figures = page.count("<img ")
+    names = re.findall(r'alt="([^"]+)"', page)
+    for expected in ("fid_vs_device_hours", "fid_vs_pflops", "fid_vs_sampling_cost", "kid_vs_device_hours",
+                     "losses"):
+        assert expected in names, expected
+    assert sum(n.startswith("samples_") for n in names) == 3  # a sample progression strip per run
+    for name in ("fid_at_equal_device_hours", "cost_to_reach_pflops", "pareto_device_hours", "pareto_sampling",
+                 "scaling", "final"):
+        assert (report / "tables" / f"{name}.md").is_file() and (report / "tables" / f"{name}.csv").is_file()
+
+    dom = chromium("--virtual-time-budget=10000", "--dump-dom", index.as_uri()).stdout
+    rendered = re.search(r'data-figures-rendered="(\d+)"', dom)
+    assert rendered and int(rendered.group(1)) == figures >= 10, "every embedded figure decoded in the browser"
+    assert dom.count("<table") >= 9 and "FID at equal cost" in dom and "EXTRAPOLATION" in dom
+    shot = report / "screenshot.png"
+    chromium(f"--screenshot={shot}", "--window-size=1280,4000", index.as_uri())
+    assert shot.is_file() and shot.stat().st_size > 20_000
+
+    client = store["client"]
+    (logged,) = client.search_runs([client.get_experiment_by_name("reports").experiment_id],
+                                   "tags.`report.experiments` = 'cmp'")
+    assert "index.html" in {a.path for a in client.list_artifacts(logged.info.run_id)}
+
+
+def test_mlflow_ui_lists_the_runs_and_their_fid(store):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "ui", "--port", str(port), "--tracking-uri",
+                               store["uri"]], cwd=store["folder"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        base = f"http://127.0.0.1:{port}/#/experiments/{store['experiment_id']}/runs"
+
+        def listed(query: str = "") -> list[str]:
+            dom = chromium("--window-size=2400,1400", "--virtual-time-budget=30000", "--dump-dom",
+                           base + query).stdout
+            return re.findall(r"(dcgan|wgan-gp|ddpm)-seed0", re.sub(r"<[^>]+>", " ", dom))
+
+        assert sorted(listed()) == ["dcgan", "ddpm", "wgan-gp"]
+        runs = store["client"].search_runs([store["experiment_id"]], order_by=["metrics.fid ASC"])
+        by_fid = [r.info.run_name.removesuffix("-seed0") for r in runs]
+        assert listed("?orderByKey=metrics.%60fid%60&orderByAsc=true") == by_fid  # the UI sorts on their FIDs
+        worst = max(r.data.metrics["fid"] for r in runs)
+        assert listed(f"?searchFilter=metrics.fid%20%3E%20{worst + 1:.0f}") == []  # and filters on them
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
