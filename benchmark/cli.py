@@ -48,7 +48,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--model", help="Model family. " + "(see below)")
+@click.option("--model", help="Model family or alias (listed above). Default dcgan.")
 @click.option("--experiment", "experiment_file", type=click.Path(dir_okay=False),
               help="TOML spec, e.g. experiments/seed-dcgan.toml; flags and --set override it.")
 @click.option("--data", envvar="BENCH_DATA", help="CelebA folder or .zip, any image folder, or 'synthetic' (default).")
