@@ -12,15 +12,11 @@ from torch import nn
 from benchmark.errors import UserError
 from benchmark.models.common import autocast
 from benchmark.models.dcgan import DCGAN, Discriminator, _check_finite
+from benchmark.models.dcgan import DEFAULTS as DCGAN_DEFAULTS
 
 DEFAULTS: dict[str, Any] = {
-    "z_dim": 100,
-    "ngf": 64,
-    "ndf": 64,
-    "lr_g": 1e-4,
-    "lr_d": 1e-4,
-    "beta1": 0.5,  # Gulrajani et al. use (0.5, 0.9) for DCGAN-like nets and (0.0, 0.9) for ResNets
-    "beta2": 0.9,
+    **DCGAN_DEFAULTS,  # the same G and widths, lr 1e-4, beta1 0.5
+    "beta2": 0.9,  # Gulrajani et al. use (0.5, 0.9) for DCGAN-like nets and (0.0, 0.9) for ResNets
     "n_critic": 5,
     "gp_weight": 10.0,
     "critic_norm": "layer",  # layer | none: BatchNorm would couple the samples the penalty is taken on
