@@ -53,3 +53,13 @@ def count_flops(fn: Callable[[], None], models: list[nn.Module]) -> float:
     for model, state in zip(models, saved, strict=True):
         model.load_state_dict(state)
     return float(counter.get_total_flops())
+
+
+def flops_per_image(cache: dict[str, float], key: str, fn: Callable[[], None], models: list[nn.Module]) -> float:
+    """FLOPs per image of fn, which runs the work on a batch of 2; counted once per key and cached, the
+    models' state and gradients left as they were. Families call it from their per-step cost queries."""
+    if key not in cache:
+        cache[key] = count_flops(fn, models) / 2
+        for model in models:
+            model.zero_grad(set_to_none=True)
+    return cache[key]

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.errors import Diverged, UserError
-from benchmark.models.common import autocast, count_flops, to_uint8
+from benchmark.models.common import autocast, flops_per_image, to_uint8
 
 # The seed's settings; experiments/seed-dcgan.toml writes them out with its 50-epoch budget.
 DEFAULTS: dict[str, Any] = {
@@ -181,14 +181,6 @@ class DCGAN:
         self.opt_d.load_state_dict(state["opt_d"])
         self.noise.set_state(state["noise"])
 
-    def _counted(self, key: str, fn) -> float:
-        """FLOPs per image of fn (run at batch 2), counted once."""
-        if key not in self._flops:
-            self._flops[key] = count_flops(fn, [self.G, self.D]) / 2
-            for model in (self.G, self.D):
-                model.zero_grad(set_to_none=True)
-        return self._flops[key]
-
     def flops_per_train_image(self) -> float:
         """Forward + backward FLOPs of one training image: D on real and fake, G, D again for G's loss."""
         real = torch.zeros(2, 3, 64, 64, device=self.device)
@@ -201,7 +193,7 @@ class DCGAN:
             self.D(fake).sum().backward()
             self.D.requires_grad_(True)
 
-        return self._counted("train", step)
+        return flops_per_image(self._flops, "train", step, [self.G, self.D])
 
     def flops_per_sample(self) -> float:
         z = torch.zeros(2, self.z_dim, 1, 1, device=self.device)
@@ -210,4 +202,4 @@ class DCGAN:
             with torch.no_grad():
                 self.G(z)
 
-        return self._counted("sample", forward)
+        return flops_per_image(self._flops, "sample", forward, [self.G, self.D])

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from benchmark.errors import UserError
-from benchmark.models.common import autocast, count_flops, to_uint8
+from benchmark.models.common import autocast, flops_per_image, to_uint8
 from benchmark.models.diffusion import PREDICTIONS, SAMPLERS, SCHEDULES, GaussianDiffusion, timesteps
 from benchmark.models.ema import EMA
 from benchmark.models.unet import UNet
@@ -119,16 +119,10 @@ class DDPM:
         self.noise.set_state(state["noise"])
         self.steps = state["steps"]
 
-    def _counted(self, key: str, fn) -> float:
-        if key not in self._flops:
-            self._flops[key] = count_flops(fn, [self.net]) / 2
-            self.net.zero_grad(set_to_none=True)
-        return self._flops[key]
-
     def flops_per_train_image(self) -> float:
         x = torch.zeros(2, self.channels, self.size, self.size, device=self.device)
         t = torch.zeros(2, dtype=torch.long, device=self.device)
-        return self._counted("train", lambda: self.net(x, t).sum().backward())
+        return flops_per_image(self._flops, "train", lambda: self.net(x, t).sum().backward(), [self.net])
 
     def flops_per_sample(self) -> float:
         x = torch.zeros(2, self.channels, self.size, self.size, device=self.device)
@@ -138,4 +132,4 @@ class DDPM:
             with torch.no_grad():
                 self.net(x, t)
 
-        return self.sample_nfe * self._counted("forward", forward)
+        return self.sample_nfe * flops_per_image(self._flops, "forward", forward, [self.net])

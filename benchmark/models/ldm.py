@@ -19,7 +19,7 @@ from benchmark.errors import UserError
 from benchmark.filelock import file_lock
 from benchmark.models import ddpm
 from benchmark.models.autoencoder import KLAutoencoder
-from benchmark.models.common import autocast, count_flops, to_uint8
+from benchmark.models.common import autocast, flops_per_image, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -202,23 +202,21 @@ class LDM:
         self.noise.set_state(state["noise"])
         self.stage, self.scale = state["stage"], state["scale"]
 
-    def _counted(self, key: str, fn) -> float:
-        if key not in self._flops:
-            self._flops[key] = count_flops(fn, [self.ae]) / 2
-            self.ae.zero_grad(set_to_none=True)
-        return self._flops[key]
-
     def _x(self) -> torch.Tensor:
         return torch.zeros(2, 3, self.dm.size * self.ae.factor, self.dm.size * self.ae.factor, device=self.device)
 
     def _encoder_flops(self) -> float:
-        return self._counted("encode", lambda: self._encode(self._x()))
+        return flops_per_image(self._flops, "encode", lambda: self._encode(self._x()), [self.ae])
 
     def flops_per_train_image(self) -> float:
         """Per image of the current stage: autoencoder forward+backward, or the UNet's on latents."""
         if self.stage == STAGES[0]:
             gen = torch.Generator().manual_seed(0)
-            return self._counted("ae", lambda: self.ae.loss(self._x(), gen, self.kl_weight)[0].backward())
+
+            def step() -> None:
+                self.ae.loss(self._x(), gen, self.kl_weight)[0].backward()
+
+            return flops_per_image(self._flops, "ae", step, [self.ae])
         return self.dm.flops_per_train_image()
 
     def flops_per_sample(self) -> float:
@@ -228,4 +226,4 @@ class LDM:
             with torch.no_grad():
                 self.ae.decode(z)
 
-        return self.dm.flops_per_sample() + self._counted("decode", decode)
+        return self.dm.flops_per_sample() + flops_per_image(self._flops, "decode", decode, [self.ae])

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from benchmark.errors import UserError
-from benchmark.models.common import autocast
+from benchmark.models.common import autocast, flops_per_image
 from benchmark.models.dcgan import DCGAN, Discriminator, _check_finite
 from benchmark.models.dcgan import DEFAULTS as DCGAN_DEFAULTS
 
@@ -107,6 +107,8 @@ class WGANGP(DCGAN):
             self.D.requires_grad_(True)
 
         state = self.noise.get_state()  # the penalty draws alphas; counting must not move the stream
-        flops = self._counted("critic", critic) + self._counted("generator", generator) / self.n_critic
+        nets = [self.G, self.D]
+        flops = (flops_per_image(self._flops, "critic", critic, nets)
+                 + flops_per_image(self._flops, "generator", generator, nets) / self.n_critic)
         self.noise.set_state(state)
         return flops
