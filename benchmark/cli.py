@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -131,6 +132,30 @@ def eval_cmd(run_id, samples, real, fake, split, sampler_steps, as_json, device,
             click.echo(f"{key:<28} {value:.6g}" if isinstance(value, float) else f"{key:<28} {value}")
 
 
+# ---------------------------------------------------------------- sample
+
+
+@cli.command("sample")
+@click.argument("run_id")
+@click.option("--n", "n", type=click.IntRange(1), default=64, show_default=True, help="Images to draw.")
+@click.option("--out", default="samples.png", show_default=True, type=click.Path(),
+              help="A .png/.jpg path gets one grid; any other path becomes a folder of numbered PNGs.")
+@click.option("--seed", type=int, default=0, show_default=True, help="The same seed draws the same images.")
+@click.option("--steps", type=click.IntRange(1), help="Diffusion runs: sampling steps (default: the run's own).")
+@device_option
+@tracking_option
+@quiet_option
+def sample_cmd(run_id, n, out, seed, steps, device, tracking_uri, quiet) -> None:
+    """Images from a run's latest checkpoint (finished or still running)."""
+    from benchmark.sample import sample_run
+
+    _setup_logging(quiet)
+    _tracking(tracking_uri)
+    result = sample_run(run_id, n, Path(out), seed, steps, device)
+    click.echo(f"{result['n']} images from {result['model']} at {result['images_seen']} images seen "
+               f"({result['sample_nfe']} network passes each) -> {result['out']}")
+
+
 # ---------------------------------------------------------------- data
 
 
@@ -193,8 +218,6 @@ def data_info(path, split, resolution) -> None:
 def study(model, trials, trial_budget, study_name, storage, workers, sampler, pruner, space_file, data, overrides,
           seed, experiment_name, worker_of, device, tracking_uri, quiet) -> None:
     """Tune learning rates and Adam betas with Optuna at a fixed budget per trial, pruning hopeless trials."""
-    from pathlib import Path
-
     from benchmark import study as study_mod
     from benchmark.budget import Budget
 

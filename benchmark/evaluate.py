@@ -31,12 +31,8 @@ def parse_steps(text: str) -> list[int]:
     return steps
 
 
-def eval_run(run_id: str, samples: int | None = None, device_name: str = "auto", progress: bool = True,
-             sampler_steps: list[int] | None = None) -> dict:
-    """Sample from a run's latest checkpoint and log FID/KID/PR into it at the checkpoint's step.
-
-    With sampler_steps (diffusion runs), score once per number of sampling steps and log each metric as
-    <metric>_vs_steps at step = sampling steps: the quality-versus-sampling-cost curve of that checkpoint."""
+def load_run(run_id: str, device_name: str = "auto"):
+    """A run's tracker, spec and model restored from its latest checkpoint; returns (tracker, spec, model, state)."""
     tracker = Tracker(run_id) if _exists(run_id) else None
     if tracker is None:
         raise UserError(f"no MLflow run {run_id!r} in this tracking store")
@@ -50,6 +46,16 @@ def eval_run(run_id: str, samples: int | None = None, device_name: str = "auto",
     run = tracker.client.get_run(run_id)
     model = cls(spec, pick_device(device_name), run.data.tags.get("precision", "fp32"))
     model.load_state_dict(state["model"])
+    return tracker, spec, model, state
+
+
+def eval_run(run_id: str, samples: int | None = None, device_name: str = "auto", progress: bool = True,
+             sampler_steps: list[int] | None = None) -> dict:
+    """Sample from a run's latest checkpoint and log FID/KID/PR into it at the checkpoint's step.
+
+    With sampler_steps (diffusion runs), score once per number of sampling steps and log each metric as
+    <metric>_vs_steps at step = sampling steps: the quality-versus-sampling-cost curve of that checkpoint."""
+    tracker, spec, model, state = load_run(run_id, device_name)
     if sampler_steps and not hasattr(model, "sampler_steps"):
         raise UserError(f"{spec.model} samples in one network pass; --sampler-steps is for ddpm and ldm runs")
     step = int(state["meter"]["images_seen"])

@@ -1,15 +1,17 @@
-"""`bench run` end to end on real faces: MLflow params, tags, step metrics, grids, metrics, caches."""
+"""`bench run` end to end on real faces: MLflow params, tags, step metrics, grids, metrics, caches; then
+`bench eval` and `bench sample` on its checkpoint."""
 
 import logging
 
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from conftest import TINY, bench_inprocess
 
 METRICS = ["--set", "eval.samples=16", "--set", "eval.real_samples=32", "--set", "eval.points=2"]
 
 
-def test_dcgan_run_on_celeba_logs_everything_and_reuses_caches(celeba, capsys, caplog):
+def test_dcgan_run_on_celeba_logs_everything_and_reuses_caches(celeba, capsys, caplog, tmp_path):
     caplog.set_level(logging.INFO)
     args = ["run", "--model", "dcgan", "--data", str(celeba), "--budget", "64img", *TINY, *METRICS,
             "--set", "log_every=1"]
@@ -50,4 +52,16 @@ def test_dcgan_run_on_celeba_logs_everything_and_reuses_caches(celeba, capsys, c
     assert len(client.get_metric_history(run.info.run_id, "fid")) == 3
 
     code, _, err = bench_inprocess("eval", run.info.run_id, "--sampler-steps", "10", capsys=capsys)
+    assert code != 0 and "one network pass" in err and "Traceback" not in err
+
+    # `bench sample`: a grid, or a folder of PNGs that `bench eval --fake` reads; the seed fixes the images
+    folder = tmp_path / "drawn"
+    for out in (folder, tmp_path / "grid.png", tmp_path / "again"):
+        code, out_text, err = bench_inprocess("sample", run.info.run_id, "--n", "5", "--out", str(out), capsys=capsys)
+        assert code == 0 and "5 images from dcgan at 64 images seen" in out_text, err
+    drawn = sorted(folder.glob("*.png"))
+    assert len(drawn) == 5 and Image.open(drawn[0]).size == (64, 64)
+    assert [p.read_bytes() for p in drawn] == [p.read_bytes() for p in sorted((tmp_path / "again").glob("*.png"))]
+    assert Image.open(tmp_path / "grid.png").size == (3 * 66 + 2, 2 * 66 + 2)  # 3 columns, 2 rows, 2 px padding
+    code, _, err = bench_inprocess("sample", run.info.run_id, "--steps", "10", capsys=capsys)
     assert code != 0 and "one network pass" in err and "Traceback" not in err

@@ -1,0 +1,41 @@
+"""`bench sample`: images from a run's latest checkpoint, as one grid or a folder of PNGs."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmark.errors import UserError
+from benchmark.evaluate import load_run
+from benchmark.train import save_grid
+
+log = logging.getLogger(__name__)
+
+GRID_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def sample_run(run_id: str, n: int, out: Path, seed: int = 0, sampler_steps: int | None = None,
+               device_name: str = "auto", batch_size: int = 64) -> dict:
+    """Draw n images; `out` ending in .png/.jpg is one grid, anything else a folder of numbered PNGs
+    (which `bench eval --real ... --fake FOLDER` scores)."""
+    _, spec, model, state = load_run(run_id, device_name)
+    if sampler_steps is not None:
+        if not hasattr(model, "sampler_steps"):
+            raise UserError(f"{spec.model} samples in one network pass; --steps is for ddpm and ldm runs")
+        model.sampler_steps = sampler_steps
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.cat([model.sample(min(batch_size, n - i), gen).cpu() for i in range(0, n, batch_size)])
+    if out.suffix.lower() in GRID_SUFFIXES:
+        save_grid(images, out)
+    else:
+        from PIL import Image
+
+        out.mkdir(parents=True, exist_ok=True)
+        for i, image in enumerate(images.numpy()):
+            Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0))).save(out / f"{i:05d}.png")
+    log.info("%d images from %s at %d images seen -> %s", n, run_id, state["meter"]["images_seen"], out)
+    return {"run_id": run_id, "model": spec.model, "images_seen": int(state["meter"]["images_seen"]), "n": n,
+            "out": str(out), "sample_nfe": getattr(model, "sample_nfe", 1)}
