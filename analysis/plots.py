@@ -12,8 +12,22 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from analysis.tables import COST_AXES, pareto_front  # noqa: E402
+
+
+def palette(df: pd.DataFrame) -> dict[str, tuple]:
+    """One colour per model, the same in every figure of a report (sorted names onto seaborn's palette)."""
+    models = sorted(df["model"].unique())
+    return dict(zip(models, sns.color_palette("deep", len(models)), strict=True))
+
+
+def _plain_log_ticks(axis) -> None:
+    """Log-scaled FID axes spanning less than a decade: 400 rather than 4 x 10^2."""
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    axis.set_major_formatter(plain)
+    axis.set_minor_formatter(plain)
 
 
 def _save(fig, path: Path) -> Path:
@@ -29,12 +43,15 @@ def fid_vs_cost(df: pd.DataFrame, axis: str, path: Path) -> Path:
     sns.set_theme(style="whitegrid", context="notebook")
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     data = df[df[axis] > 0]
-    sns.lineplot(data=data, x=axis, y="fid", hue="model", units="run_id", estimator=None, marker="o", ax=ax)
+    colours = palette(df)
+    sns.lineplot(data=data, x=axis, y="fid", hue="model", hue_order=list(colours), palette=colours, units="run_id",
+                 estimator=None, marker="o", ax=ax)
     front = pareto_front(data, axis)
     ax.step(front[axis], front["fid"], where="post", color="black", linestyle="--", linewidth=1,
             label="Pareto front")
     ax.set(xscale="log", yscale="log", xlabel=COST_AXES.get(axis, axis), ylabel="FID (lower is better)",
            title=f"Quality versus training cost ({COST_AXES.get(axis, axis)})")
+    _plain_log_ticks(ax.yaxis)
     ax.legend()
     return _save(fig, path)
 
@@ -44,7 +61,9 @@ def fid_vs_sampling_cost(df: pd.DataFrame, path: Path) -> Path:
     sns.set_theme(style="whitegrid", context="notebook")
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     data = df[df["sample_seconds_per_image"] > 0]
-    sns.scatterplot(data=data, x="sample_seconds_per_image", y="fid", hue="model", style="model", s=70, ax=ax)
+    colours = palette(df)
+    sns.scatterplot(data=data, x="sample_seconds_per_image", y="fid", hue="model", style="model",
+                    hue_order=list(colours), style_order=list(colours), palette=colours, s=70, ax=ax)
     ax.set(xscale="log", xlabel="sampling seconds per image", ylabel="FID", title="Quality versus sampling cost")
     return _save(fig, path)
 
@@ -52,8 +71,10 @@ def fid_vs_sampling_cost(df: pd.DataFrame, path: Path) -> Path:
 def kid_with_errors(df: pd.DataFrame, axis: str, path: Path) -> Path:
     sns.set_theme(style="whitegrid", context="notebook")
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    colours = palette(df)
     for (model, _), run in df[df[axis] > 0].sort_values(axis).groupby(["model", "run_id"], sort=True):
-        ax.errorbar(run[axis], run["kid_mean"], yerr=run["kid_std"], marker="o", capsize=3, label=model)
+        ax.errorbar(run[axis], run["kid_mean"], yerr=run["kid_std"], marker="o", capsize=3, label=model,
+                    color=colours[model])
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=True))
     ax.legend(unique.values(), unique.keys())

@@ -127,10 +127,11 @@ def build(out: Path, experiments: list[str] | None = None, group: bool = False, 
                                    tables.cost_to_reach_table(part, targets, axis), out,
                                    "First cost at which the interpolated FID reaches the target; empty = not reached."))
             sections.append(_table(f"pareto_{axis}{tag}", f"Pareto front: FID vs {unit}",
-                                   tables.pareto_front(part, axis), out, "Eval points no other point beats on both."))
+                                   tables.pareto_front(part, axis).set_index("model"), out,
+                                   "Eval points no other point beats on both."))
             sections.append(_img(plots.fid_vs_cost(part, axis, figures / f"fid_vs_{axis}{tag}.png")))
         sections.append(_table(f"pareto_sampling{tag}", "Pareto front: FID vs sampling seconds per image",
-                               tables.pareto_front(part, "sample_seconds_per_image"), out,
+                               tables.pareto_front(part, "sample_seconds_per_image").set_index("model"), out,
                                "Every eval point; sampling cost is per generated image on the run's device."))
         sections.append(_img(plots.fid_vs_sampling_cost(tables.final_points(part),
                                                         figures / f"fid_vs_sampling_cost{tag}.png")))

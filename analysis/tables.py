@@ -41,16 +41,26 @@ def cost_to_reach(costs, values, target: float) -> float:
 
 
 def ladder(df: pd.DataFrame, axis: str, rungs: int = 5) -> list[float]:
-    """Log-spaced budgets spanning the measured costs, at two significant digits where that stays inside."""
-    costs = df[axis][df[axis] > 0]
+    """Log-spaced budgets at which to compare, at two significant digits where that stays inside.
+
+    Where the runs' measured ranges overlap, the rungs span that overlap (every run has a number in every
+    column, the last being the largest budget all of them reached), plus the largest cost any run reached;
+    runs that do not overlap get rungs over the union of their ranges."""
+    costs = df[df[axis] > 0]
     if costs.empty:
         return []
-    lo, hi = float(costs.min()), float(costs.max())
+    per_run = costs.groupby("run_id")[axis].agg(["min", "max"])
+    lo, hi = float(per_run["min"].max()), float(per_run["max"].min())
+    extra = [float(per_run["max"].max())]
+    if lo > hi:  # no budget at which every run measured
+        lo, hi, extra = float(per_run["min"].min()), float(per_run["max"].max()), []
     out = []
     for v in np.geomspace(lo, hi, rungs) if hi > lo else [lo]:
         rounded = float(f"{v:.2g}")
         out.append(rounded if lo <= rounded <= hi else float(f"{v:.4g}") if lo <= float(f"{v:.4g}") <= hi else v)
-    return sorted(set(out))
+    if extra and extra[0] > hi * 1.01:
+        out.append(float(f"{extra[0]:.4g}") if float(f"{extra[0]:.4g}") <= extra[0] else extra[0])
+    return sorted({float(v) for v in out})
 
 
 def _per_run(df: pd.DataFrame, fn) -> pd.DataFrame:

@@ -101,6 +101,17 @@ def test_interpolation_in_log_cost_never_extrapolates(cmp_table):
     assert float(table.loc["dcgan"].iloc[0]) == pytest.approx(dcgan["fid"].iloc[-1], rel=1e-3)
     assert table.loc["dcgan"].iloc[1] == ""  # beyond its budget: empty, not extrapolated
 
+    # The default ladder: where the runs' ranges overlap, every run has a number in every column but the last
+    # (the largest cost any run reached); where they do not, the rungs span all measured costs.
+    for axis in ("device_hours", "pflops"):
+        spans = cmp_table.groupby("run_id")[axis].agg(["min", "max"])
+        rungs, table = tables.ladder(cmp_table, axis), tables.quality_at_equal_cost(cmp_table, axis)
+        assert len(rungs) == table.shape[1] >= 2 and rungs[-1] <= spans["max"].max()
+        if spans["min"].max() <= spans["max"].min():
+            assert spans["min"].max() <= rungs[0] and (table.iloc[:, :-1] != "").all().all(), (axis, rungs)
+        else:
+            assert rungs[0] >= spans["min"].min() and (table != "").sum().sum() >= len(spans)
+
 
 def test_pareto_front_is_exactly_the_non_dominated_points(cmp_table):
     for axis in ("device_hours", "pflops", "sample_seconds_per_image"):
