@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageFilter
+from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 
 from benchmark import inception
 from benchmark.data import prepare
-from benchmark.metrics import Evaluator, provenance, score
+from benchmark.metrics import Evaluator, frechet_distance, provenance, score
 from conftest import bench_inprocess
 
-N = 80  # per set: enough for the ordering to be unambiguous, small enough for a 2-core CI
+N = 48  # per set: FIDs 103 < 123 < 185 < 470 here (blur1 is 4 KID-sigma from real), and cheap for a 2-core CI
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +46,13 @@ def test_fid_and_kid_order_on_real_faces(celeba, evaluator):
     half_a, half_b = faces[order[:N]], faces[order[N : 2 * N]]  # disjoint halves
     noise = np.random.default_rng(2).integers(0, 256, half_b.shape, dtype=np.uint8)
     real = evaluator.features(half_a)
-    results = {name: score(evaluator.features(x), real, evaluator.weights)
-               for name, x in [("real", half_b), ("blur1", _blur(half_b, 1)), ("blur2", _blur(half_b, 2)),
-                               ("noise", noise)]}
+    feats = {name: evaluator.features(x) for name, x in [("real", half_b), ("blur1", _blur(half_b, 1)),
+                                                          ("blur2", _blur(half_b, 2)), ("noise", noise)]}
+    results = {name: score(f, real, evaluator.weights) for name, f in feats.items()}
+    # our trace term (an N x N symmetric eigenproblem) against torch-fidelity's own FID on the same features
+    theirs = fid_statistics_to_metric(fid_features_to_statistics(feats["blur1"].pool.double()),
+                                      fid_features_to_statistics(real.pool.double()), verbose=False)
+    assert results["blur1"]["fid"] == pytest.approx(theirs["frechet_inception_distance"], rel=1e-5)
     fids = [results[k]["fid"] for k in ("real", "blur1", "blur2", "noise")]
     kids = [results[k]["kid_mean"] for k in ("real", "blur1", "blur2", "noise")]
     assert fids == sorted(fids) and len(set(fids)) == 4, fids
@@ -55,6 +60,17 @@ def test_fid_and_kid_order_on_real_faces(celeba, evaluator):
     assert abs(results["real"]["kid_mean"]) <= 2 * results["real"]["kid_std"], results["real"]
     assert "is" not in results["real"]  # converted weights have no logits: IS is unavailable, never a number
     assert provenance(evaluator.weights, N, N, "celeba:train")["metrics.is"].startswith("unavailable")
+
+
+def test_frechet_distance_equals_torch_fidelity_when_both_sets_exceed_the_feature_dimension():
+    """The full-rank branch (both sets > 2048 images), on correlated non-negative features like pool3's."""
+    rng = np.random.default_rng(0)
+    mix = rng.standard_normal((2048, 2048)) * 0.05
+    fake, real = (torch.from_numpy(np.abs(rng.standard_normal((n, 2048)) @ mix + shift)) for n, shift in
+                  ((2100, 0.3), (2300, 0.0)))
+    theirs = fid_statistics_to_metric(fid_features_to_statistics(fake.double()),
+                                      fid_features_to_statistics(real.double()), verbose=False)
+    assert frechet_distance(fake, real) == pytest.approx(theirs["frechet_inception_distance"], rel=1e-7)
 
 
 def test_inception_score_plumbing_with_seeded_logits_head(tmp_path, monkeypatch, celeba):
