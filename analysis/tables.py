@@ -50,16 +50,15 @@ def ladder(df: pd.DataFrame, axis: str, rungs: int = 5) -> list[float]:
     if costs.empty:
         return []
     per_run = costs.groupby("run_id")[axis].agg(["min", "max"])
-    lo, hi = float(per_run["min"].max()), float(per_run["max"].min())
-    extra = [float(per_run["max"].max())]
-    if lo > hi:  # no budget at which every run measured
-        lo, hi, extra = float(per_run["min"].min()), float(per_run["max"].max()), []
+    lo, hi, top = float(per_run["min"].max()), float(per_run["max"].min()), float(per_run["max"].max())
+    if lo > hi:  # no budget at which every run measured: span them all
+        lo, hi = float(per_run["min"].min()), top
     out = []
     for v in np.geomspace(lo, hi, rungs) if hi > lo else [lo]:
         rounded = float(f"{v:.2g}")
         out.append(rounded if lo <= rounded <= hi else float(f"{v:.4g}") if lo <= float(f"{v:.4g}") <= hi else v)
-    if extra and extra[0] > hi * 1.01:
-        out.append(float(f"{extra[0]:.4g}") if float(f"{extra[0]:.4g}") <= extra[0] else extra[0])
+    if top > hi * 1.01:  # the largest cost any run reached, as a column of its own
+        out.append(min(float(f"{top:.4g}"), top))
     return sorted({float(v) for v in out})
 
 
