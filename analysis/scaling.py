@@ -43,7 +43,11 @@ class Fit:
         """(estimate, 5th, 95th percentile) of the cost at which FID reaches target; inf if never (e >= target)."""
 
         def invert(a, b, e):
-            return self.scale * (a / (target - e)) ** (1 / b) if target > e and a > 0 and b > 0 else math.inf
+            if not (target > e and a > 0 and b > 0):
+                return math.inf
+            # in logs: a target just above the floor with a small b is a cost beyond any float, not an error
+            log_cost = math.log(self.scale) + (math.log(a) - math.log(target - e)) / b
+            return math.exp(log_cost) if log_cost < 700 else math.inf
 
         draws = np.array([invert(*p) for p in self.samples])
         return invert(self.a, self.b, self.e), *map(float, np.percentile(draws, [5, 95], method="nearest"))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from analysis import tables
+from analysis import scaling, tables
 from analysis.collect import collect, comparable
 from benchmark.errors import UserError
 from conftest import chromium
@@ -122,6 +122,19 @@ def test_pareto_front_is_exactly_the_non_dominated_points(cmp_table):
         for x, y in points:
             dominated = any(a <= x and b <= y and (a, b) != (x, y) for a, b in points)
             assert ((x, y) in on_front) == (not dominated), (axis, x, y)
+
+
+def test_scaling_fit_projects_within_the_points_and_says_never_beyond_the_floor(cmp_table):
+    run = cmp_table[cmp_table["model"] == "dcgan"]
+    fitted = scaling.fit(run["device_hours"], run["fid"])
+    assert fitted is not None and fitted.points == 4
+    estimate, lo, hi = fitted.fid_at(float(run["device_hours"].iloc[-1]))
+    spread = run["fid"].max() - run["fid"].min()
+    assert lo <= estimate <= hi and run["fid"].min() - spread <= estimate <= run["fid"].max() + spread
+    assert fitted.cost_for(fitted.e - 1)[0] == math.inf  # below the fitted floor: never
+    # a target a hair above the floor with a shallow exponent: a cost beyond any float, not an OverflowError
+    shallow = scaling.Fit(a=1.0, b=0.005, e=400.0, points=4, samples=np.array([[1.0, 0.005, 400.0]]), scale=1e-3)
+    assert shallow.cost_for(400.001) == (math.inf, math.inf, math.inf)
 
 
 def test_metrics_made_differently_are_refused_or_grouped(store):
