@@ -49,6 +49,12 @@ def load_run(run_id: str, device_name: str = "auto"):
     return tracker, spec, model, state
 
 
+def require_sampler(spec, model, option: str) -> None:
+    """A user asking a one-pass model (a GAN) for a number of sampling steps gets one clear line."""
+    if not hasattr(model, "sampler_steps"):
+        raise UserError(f"{spec.model} samples in one network pass; {option} is for ddpm and ldm runs")
+
+
 def eval_run(run_id: str, samples: int | None = None, device_name: str = "auto", progress: bool = True,
              sampler_steps: list[int] | None = None) -> dict:
     """Sample from a run's latest checkpoint and log FID/KID/PR into it at the checkpoint's step.
@@ -56,8 +62,8 @@ def eval_run(run_id: str, samples: int | None = None, device_name: str = "auto",
     With sampler_steps (diffusion runs), score once per number of sampling steps and log each metric as
     <metric>_vs_steps at step = sampling steps: the quality-versus-sampling-cost curve of that checkpoint."""
     tracker, spec, model, state = load_run(run_id, device_name)
-    if sampler_steps and not hasattr(model, "sampler_steps"):
-        raise UserError(f"{spec.model} samples in one network pass; --sampler-steps is for ddpm and ldm runs")
+    if sampler_steps:
+        require_sampler(spec, model, "--sampler-steps")
     step = int(state["meter"]["images_seen"])
     n = samples or spec.eval["samples"] or 128
     prepared = data_mod.prepare(spec.data, spec.split, spec.resolution, spec.synthetic_images, progress)

@@ -101,8 +101,13 @@ def sample_for_eval(model, n: int, seed: int, batch_size: int) -> tuple[list[tor
     The same seed at every eval point and in `bench eval`, so scores of one run differ by training alone."""
     gen = torch.Generator().manual_seed(seed + 777)
     start = time.perf_counter()
-    batches = [model.sample(min(batch_size, n - i), gen) for i in range(0, n, batch_size)]
+    batches = draw(model, n, gen, batch_size)
     return batches, time.perf_counter() - start
+
+
+def draw(model, n: int, generator: torch.Generator, batch_size: int) -> list[torch.Tensor]:
+    """n uint8 samples from a family, batch_size at a time, from one generator."""
+    return [model.sample(min(batch_size, n - i), generator) for i in range(0, n, batch_size)]
 
 
 def frechet_distance(fake: torch.Tensor, real: torch.Tensor) -> float:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmark.errors import UserError
-from benchmark.evaluate import load_run
+from benchmark.evaluate import load_run, require_sampler
+from benchmark.metrics import draw
 from benchmark.train import save_grid
 
 log = logging.getLogger(__name__)
@@ -23,11 +23,9 @@ def sample_run(run_id: str, n: int, out: Path, seed: int = 0, sampler_steps: int
     (which `bench eval --real ... --fake FOLDER` scores)."""
     _, spec, model, state = load_run(run_id, device_name)
     if sampler_steps is not None:
-        if not hasattr(model, "sampler_steps"):
-            raise UserError(f"{spec.model} samples in one network pass; --steps is for ddpm and ldm runs")
+        require_sampler(spec, model, "--steps")
         model.sampler_steps = sampler_steps
-    gen = torch.Generator().manual_seed(seed)
-    images = torch.cat([model.sample(min(batch_size, n - i), gen).cpu() for i in range(0, n, batch_size)])
+    images = torch.cat([x.cpu() for x in draw(model, n, torch.Generator().manual_seed(seed), batch_size)])
     if out.suffix.lower() in GRID_SUFFIXES:
         save_grid(images, out)
     else:
