@@ -67,8 +67,8 @@ class Budget:
         parts = []
         if self.device_seconds:
             parts.append(meter.device_seconds / self.device_seconds)
-        if self.epochs:
-            parts.append(meter.epochs / self.epochs)
+        if self.epochs:  # counted in whole images, as image_cap cuts the last batch: 0.1ep of 4,591 is 459
+            parts.append(meter.images_seen / self.epoch_images(meter.dataset_size))
         if self.images:
             parts.append(meter.images_seen / self.images)
         if self.steps:
@@ -86,8 +86,12 @@ class Budget:
         if self.images:
             bounds.append(self.images)
         if self.epochs:
-            bounds.append(max(1, int(round(self.epochs * dataset_size))))
+            bounds.append(self.epoch_images(dataset_size))
         return min(bounds) if bounds else None
+
+    def epoch_images(self, dataset_size: int) -> int:
+        """The epoch limit in whole images: the one count both the cap and the spent fraction use."""
+        return max(1, int(round(self.epochs * dataset_size)))
 
 
 @dataclass
@@ -120,6 +124,16 @@ class Meter:
         self.steps += 1
         self.device_seconds += seconds * self.devices
         self.flops += images * flops_per_image
+
+    def charge(self, stage: str | None, images: int, seconds: float, flops: float) -> None:
+        """One-off work outside the steps (encoding a data set, a reused autoencoder's training): device-seconds
+        and FLOPs in the totals and in its stage's columns; images only in the stage's (the data stream and
+        images budgets count the images this run reads)."""
+        self.device_seconds += seconds
+        self.flops += flops
+        if stage is not None:
+            for key, value in (("images", images), ("device_seconds", seconds), ("flops", flops)):
+                self.extra[f"{stage}_{key}"] = self.extra.get(f"{stage}_{key}", 0) + value
 
     def state_dict(self) -> dict:
         return asdict(self)
