@@ -18,7 +18,8 @@ from benchmark import checkpoint
 from benchmark.budget import Meter
 from benchmark.data import Prepared
 from benchmark.errors import Diverged
-from benchmark.metrics import SMALL_N, Evaluator, provenance, sample_for_eval, score
+from benchmark.metrics import SMALL_N, Evaluator, headline, provenance, sample_for_eval, sampling_bn, score
+from benchmark.models.common import rng_untouched
 from benchmark.spec import RunSpec
 from benchmark.tracking import Tracker
 
@@ -104,6 +105,8 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
         meter.load_state_dict(state["meter"])
         loop = LoopState(**state["loop"])
         torch.set_rng_state(state["torch_rng"])
+        if torch.cuda.is_available() and "cuda_rng" in state:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         log.info("resumed from %s at %d images (%.2f epochs)", ckpt_path, meter.images_seen, meter.epochs)
 
     fractions = eval_fractions(spec.eval["points"])
@@ -118,11 +121,18 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
             "meter": meter.state_dict(),
             "loop": loop.__dict__,
             "torch_rng": torch.get_rng_state(),
+            **({"cuda_rng": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
             "spec": spec.to_dict(),
         })
         meter.eval_seconds += time.perf_counter() - start  # not charged to the training budget
 
     def evaluate() -> None:
+        # Building the Inception network draws its random init from the global RNG, which dropout in
+        # training also reads: evaluation must leave it as it was, or evaluating would change training.
+        with rng_untouched():
+            _evaluate()
+
+    def _evaluate() -> None:
         nonlocal evaluator, real
         start = time.perf_counter()
         step = meter.images_seen
@@ -141,7 +151,8 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
             if evaluator is None:
                 evaluator = Evaluator(batch_size=spec.eval["batch_size"], progress=progress)
                 real, cached = evaluator.real_features(data, spec.eval["real_samples"])
-                tracker.tags({**provenance(evaluator.weights, n, len(real.pool), f"{data.name}:{data.split}"),
+                tracker.tags({**provenance(evaluator.weights, n, len(real.pool), f"{data.name}:{data.split}",
+                                           sampling_bn(model)),
                               "metrics.real_stats": "reused from cache" if cached else "computed"})
                 if n < SMALL_N:
                     log.warning("eval.samples=%d: FID at small N is biased upwards; read it as a trend, "
@@ -160,8 +171,8 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
         values["eval_seconds"] = meter.eval_seconds
         tracker.metrics(values, step)
         tracker.flush()
-        shown = {k: round(v, 4) for k, v in values.items() if k in ("fid", "kid_mean", "epochs")}
-        log.info("eval at %d images: %s", step, shown)
+        if "fid" in values:
+            log.info("eval at %d images (%.3g epochs): %s", step, meter.epochs, headline(values, n))
         if on_eval is not None:
             on_eval(values, meter)
 
@@ -190,14 +201,16 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
                 raise Diverged(f"training diverged: {', '.join(f'{k}={v}' for k, v in bad.items())} "
                                f"at step {meter.steps + 1} ({meter.images_seen} images)")
             seconds = time.perf_counter() - start
-            flops = n * model.flops_per_train_image() + getattr(model, "extra_flops", 0.0)
-            if getattr(model, "extra_flops", 0.0):  # one-off work (ldm encoding the data), charged once
-                model.extra_flops = 0.0
+            flops = n * model.flops_per_train_image()
             meter.add_step(n, seconds, flops / n)
             stage = getattr(model, "stage", None)
             if stage is not None:  # multi-stage families: each stage's cost apart, and the total
                 for key, value in (("images", n), ("device_seconds", seconds * meter.devices), ("flops", flops)):
                     meter.extra[f"{stage}_{key}"] = meter.extra.get(f"{stage}_{key}", 0) + value
+            for charge in getattr(model, "charges", []):  # one-off work (ldm: encoding, a reused autoencoder)
+                meter.charge(**charge)
+            if getattr(model, "charges", None):
+                model.charges = []
 
             for key, value in losses.items():
                 loop.epoch_sums[key] = loop.epoch_sums.get(key, 0.0) + value

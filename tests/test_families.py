@@ -23,8 +23,9 @@ FAMILIES = {
     "dcgan": ([*TINY], "320img", [128]),
     "wgan-gp": (["--experiment", str(ROOT / "experiments/smoke-wgan-gp.toml"), "--set", "ngf=8", "--set", "ndf=8",
                  "--set", "batch_size=16", "--set", "n_critic=2"], "320img", [128]),
+    # dropout on (the ddpm default): its masks come from the global RNG, which must resume exactly too
     "ddpm": (["--experiment", str(ROOT / "experiments/smoke-ddpm.toml"), *SMALL_DIFFUSION, "--set", "ch=8",
-              "--set", "ch_mult=[1, 2, 2, 2]"], "160img", [64]),
+              "--set", "ch_mult=[1, 2, 2, 2]", "--set", "dropout=0.1"], "160img", [64]),
     # killed once while training the autoencoder and once in latent diffusion (the switch is at 96 images)
     "ldm": (["--experiment", str(ROOT / "experiments/smoke-ldm.toml"), *SMALL_DIFFUSION, "--set", "ae_ch=8",
              "--set", "ch=16", "--set", "ae_fraction=0.3"], "320img", [48, 160]),

@@ -45,10 +45,17 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().contiguous()
 
 
+def rng_untouched() -> AbstractContextManager:
+    """Work inside leaves the global CPU and CUDA RNGs as it found them (dropout masks come from them)."""
+    return torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if torch.cuda.is_available() else [])
+
+
 def count_flops(fn: Callable[[], None], models: list[nn.Module]) -> float:
-    """FLOPs of fn, counted by torch.utils.flop_counter; the models' state is put back afterwards."""
+    """FLOPs of fn, counted by torch.utils.flop_counter; the models' state and the RNGs are put back afterwards."""
     saved = [copy.deepcopy(m.state_dict()) for m in models]
-    with FlopCounterMode(display=False) as counter:
+    # Counting runs in the first step of every process, resumed ones too: the dropout masks it draws
+    # must not move the global RNG, or a resumed run would train on other masks than the killed one.
+    with rng_untouched(), FlopCounterMode(display=False) as counter:
         fn()
     for model, state in zip(models, saved, strict=True):
         model.load_state_dict(state)
