@@ -32,11 +32,15 @@ EVAL: dict[str, Any] = {
     "points": 3,  # log-spaced evaluation points over the budget, the last at its end
     "grid": 64,  # images in each sample grid
     "batch_size": 64,
+    # BatchNorm generators (the GANs' G) sample with: standing statistics recomputed from fresh noise before
+    # each evaluation (BigGAN), batch statistics (train mode, as the DCGAN tutorials), or the running averages
+    "bn": "standing",
 }
 CHOICES = {
     "split": ("train", "valid", "test", "all"),
     "precision": ("fp32", "bf16", "auto"),
     "resolution": (32, 64, 128),
+    "eval.bn": ("standing", "batch", "running"),
 }
 
 

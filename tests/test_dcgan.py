@@ -33,3 +33,43 @@ def test_train_step_sample_and_state_roundtrip():
     assert model.flops_per_train_image() > 3 * model.flops_per_sample() > 0
     # counting FLOPs leaves the model untouched (BatchNorm running statistics included)
     assert torch.equal(model.sample(5, torch.Generator().manual_seed(0)), images)
+
+
+def _state(model):
+    import copy
+
+    return copy.deepcopy({**model.state_dict(), "rng": torch.get_rng_state()})
+
+
+def _equal(a, b):
+    if isinstance(a, dict):
+        return set(a) == set(b) and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+    return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+
+
+def test_standing_statistics_sample_g_and_leave_training_untouched():
+    """Early in training the running averages make flat grey tiles; standing statistics (the default) sample
+    what G makes in train mode, and computing them changes nothing of training: G's weights and running
+    statistics, Adam's moments, the noise stream and the global RNG, hence the next training step."""
+    spec = build_spec("dcgan", DEFAULTS, overrides=["ngf=16", "ndf=16"])
+    assert spec.eval["bn"] == "standing"
+    model, twin = DCGAN(spec, torch.device("cpu"), "fp32"), DCGAN(spec, torch.device("cpu"), "fp32")
+    real = torch.rand(16, 3, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    for _ in range(6):
+        model.train_step(real)
+    before = _state(model)
+    twin.load_state_dict(_state(model))  # a copy: Adam's load_state_dict would share the moment tensors
+    stds = {}
+    for mode in ("standing", "batch", "running"):
+        model.bn = mode
+        stds[mode] = model.sample(32, torch.Generator().manual_seed(0)).float().std(dim=(1, 2, 3)).mean().item()
+        assert _equal(before, _state(model)), mode
+    assert stds["running"] < 4 < stds["batch"] / 2, stds  # grey tiles (< 4/255) against G's real output
+    assert abs(stds["standing"] - stds["batch"]) < 0.2 * stds["batch"], stds
+    torch.set_rng_state(before["rng"])
+    after_sampling = model.train_step(real)
+    torch.set_rng_state(before["rng"])
+    assert after_sampling == twin.train_step(real)
+    assert _equal(_state(model), _state(twin))

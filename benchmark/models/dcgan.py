@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -75,6 +76,10 @@ class Discriminator(nn.Module):
         return self.main(x).reshape(-1)
 
 
+BN_MODES = ("standing", "batch", "running")
+STANDING_BATCHES = 16  # noise batches (of 64) averaged into standing statistics: 1,024 draws of z
+
+
 def dcgan_init(module: nn.Module) -> None:
     """N(0, 0.02) for convolutions, N(1, 0.02) for BatchNorm scales (Radford et al.)."""
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
@@ -110,6 +115,9 @@ class DCGAN:
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=spec.lr_d, betas=betas)
         # Training noise has its own generator so that evaluation never shifts the training stream.
         self.noise = torch.Generator(device="cpu").manual_seed(spec.seed + 1)
+        self.seed = spec.seed
+        self.bn = spec.eval.get("bn", "standing")
+        self._sampling_g: tuple[str, nn.Module] | None = None  # (bn, G as it samples); rebuilt after a step
         self._flops: dict[str, float] = {}
 
     def _discriminator(self, spec) -> nn.Module:
@@ -120,6 +128,7 @@ class DCGAN:
 
     def train_step(self, real: torch.Tensor, **_) -> dict[str, float]:
         """One D step then one G step (non-saturating loss), as in the seed."""
+        self._sampling_g = None
         real = real.to(self.device, memory_format=self.memory_format, non_blocking=True)
         n = real.shape[0]
         ones = torch.ones(n, device=self.device)
@@ -157,13 +166,36 @@ class DCGAN:
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """n images as uint8 (n, 3, 64, 64), G in eval mode (BatchNorm running statistics)."""
-        was_training = self.G.training
-        self.G.eval()
+        """n images as uint8 (n, 3, 64, 64) from G with the BatchNorm statistics of `self.bn`."""
         with autocast(self.device, self.precision):
-            images = self.G(self._z(n, generator))
-        self.G.train(was_training)
+            images = self.sampling_generator()(self._z(n, generator))
         return to_uint8(images)
+
+    def sampling_generator(self) -> nn.Module:
+        """G as it samples, on a copy so that nothing of training changes (weights, running statistics,
+        optimizer, RNG streams). Early in training the running averages still hold their N(0, 1) start while
+        the N(0, 0.02) init keeps pre-BN variances far below 1: eval-mode samples are then flat grey tiles
+        that measure BatchNorm's warm-up, not G. Hence the default, standing statistics (Brock et al. 2019):
+        the running averages recomputed in train mode from fresh noise, then eval mode."""
+        if self.bn not in BN_MODES:
+            raise UserError(f"eval.bn must be one of {', '.join(BN_MODES)}, got {self.bn!r}")
+        if self._sampling_g is not None and self._sampling_g[0] == self.bn:
+            return self._sampling_g[1]
+        g = copy.deepcopy(self.G)
+        if self.bn == "running":
+            g.eval()
+        elif self.bn == "standing":
+            for module in g.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.reset_running_stats()
+                    module.momentum = None  # a plain average over the noise batches
+            noise = torch.Generator().manual_seed(self.seed + 4242)  # its own stream: training never sees it
+            with torch.no_grad(), autocast(self.device, self.precision):
+                for _ in range(STANDING_BATCHES):
+                    g(self._z(64, noise))
+            g.eval()
+        self._sampling_g = (self.bn, g)  # "batch": train mode, each batch normalised by its own statistics
+        return g
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -175,6 +207,7 @@ class DCGAN:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._sampling_g = None
         self.G.load_state_dict(state["G"])
         self.D.load_state_dict(state["D"])
         self.opt_g.load_state_dict(state["opt_g"])

@@ -51,6 +51,7 @@ class WGANGP(DCGAN):
         return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
 
     def train_step(self, real: torch.Tensor, **_) -> dict[str, float]:
+        self._sampling_g = None
         real = real.to(self.device, memory_format=self.memory_format, non_blocking=True)
         n = real.shape[0]
         with torch.no_grad(), autocast(self.device, self.precision):
