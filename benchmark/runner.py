@@ -8,13 +8,14 @@ import optuna
 import torch
 
 from analysis.losses import plot_losses
+from benchmark import checkpoint
 from benchmark import data as data_mod
 from benchmark.errors import UserError
 from benchmark.models import family
 from benchmark.models.common import pick_device, resolve_precision
 from benchmark.spec import RunSpec, build_spec, load_toml
 from benchmark.tracking import Tracker, environment_tags, runs_table_url
-from benchmark.train import Interrupted, train
+from benchmark.train import CHECKPOINT, Interrupted, train
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ def start(spec: RunSpec, device_name: str = "auto", experiment_name: str | None 
         "synthetic_data": str(prepared.name == "synthetic").lower(),
         "precision": precision,
         "spec_hash": spec.hash(),
+        **({"autoencoder_reused": spec.autoencoder_run} if spec.values.get("autoencoder_run") else {}),
         "mlflow.note.content": f"{spec.model} on {prepared.name} ({prepared.split}), budget {spec.budget}",
         **(extra_tags or {}),
     }
@@ -78,12 +80,35 @@ def resume(run_id: str, device_name: str = "auto", progress: bool = True) -> str
     return run_id
 
 
+def reused_autoencoder(run_id: str) -> tuple[dict, dict]:
+    """An earlier ldm run's autoencoder weights and what training it cost (its autoencoder_* metrics)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        earlier = Tracker(run_id)
+    except MlflowException:
+        raise UserError(f"autoencoder_run: no MLflow run {run_id!r} in this store") from None
+    path = earlier.dir / CHECKPOINT
+    if not path.is_file():
+        raise UserError(f"autoencoder_run: run {run_id} has no checkpoint")
+    state = checkpoint.load(path)["model"]
+    if "ae" not in state:
+        raise UserError(f"autoencoder_run: run {run_id} is not an ldm run")
+    metrics = earlier.client.get_run(run_id).data.metrics
+    cost = {"images": int(metrics.get("autoencoder_images", 0)),
+            "seconds": 3600 * metrics.get("autoencoder_device_hours", 0.0),
+            "flops": 1e15 * metrics.get("autoencoder_pflops", 0.0)}
+    return state["ae"], cost
+
+
 def _train_tracked(spec: RunSpec, cls: type, device: torch.device, precision: str,
                    prepared: data_mod.Prepared, tracker: Tracker, progress: bool, on_eval=None) -> None:
     if spec.seed is not None:
         torch.manual_seed(spec.seed)
     try:
         model = cls(spec, device, precision)
+        if spec.values.get("autoencoder_run"):
+            model.reuse_autoencoder(*reused_autoencoder(spec.autoencoder_run), origin=f"run {spec.autoencoder_run}")
         meter = train(spec, model, prepared, tracker, progress, on_eval)
     except optuna.TrialPruned as err:
         tracker.tags({"optuna.state": "PRUNED"})

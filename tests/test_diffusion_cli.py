@@ -37,8 +37,19 @@ def test_model_diffusion_is_the_seed_ldm_then_reuse(celeba, capsys, caplog):
                                    "--experiment-name", "reuse", capsys=capsys)
     assert code == 0, err
     (reuse,) = client.search_runs([client.get_experiment_by_name("reuse").experiment_id])
-    assert "autoencoder_images" not in reuse.data.metrics and reuse.data.metrics["diffusion_images"] == 20
     assert "reusing cached latents" in caplog.text
+    # the reused autoencoder's recorded cost is charged in the same columns, with a tag naming its run
+    assert reuse.data.tags["autoencoder_reused"] == run.info.run_id and reuse.data.metrics["diffusion_images"] == 20
+    for key in ("autoencoder_images", "autoencoder_pflops", "autoencoder_device_hours"):
+        assert reuse.data.metrics[key] == metrics[key], key
+
+    # the same run again: its latents come from the cache, and it costs what the first one did
+    code, _, err = bench_inprocess("run", "--model", "diffusion", "--budget", "40img", "--data", str(celeba), *NARROW,
+                                   "--experiment-name", "again", capsys=capsys)
+    assert code == 0, err
+    (again,) = client.search_runs([client.get_experiment_by_name("again").experiment_id])
+    assert again.data.metrics["pflops"] == metrics["pflops"]
+    assert again.data.metrics["diffusion_device_hours"] > 0.5 * metrics["diffusion_device_hours"]
 
     code, _, err = bench_inprocess("eval", run.info.run_id, "--sampler-steps", "ten", capsys=capsys)
     assert code != 0 and "positive integers" in err and "Traceback" not in err

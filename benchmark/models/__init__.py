@@ -8,9 +8,9 @@
     state_dict() / load_state_dict()         # everything needed to resume bit-exactly
     flops_per_train_image(), flops_per_sample(), sample_nfe
 
-Optional, where a family has them: `stage` (costs are also logged per stage), `extra_flops` (one-off work
-to charge), `extra_eval_sets(real)` (more image sets to score, e.g. reconstructions), `sampler_steps`
-(settable: the sampling-cost sweep of `bench eval --sampler-steps`).
+Optional, where a family has them: `stage` (costs are also logged per stage), `charges` (one-off work
+to charge, popped by the loop), `extra_eval_sets(real)` (more image sets to score, e.g. reconstructions),
+`sampler_steps` (settable: the sampling-cost sweep of `bench eval --sampler-steps`).
 """
 
 from __future__ import annotations

@@ -1,19 +1,20 @@
 """Latent diffusion (Rombach et al. 2022), the seed's "unconditional latent diffusion with a UNet".
 
-Stage 1 trains the KL autoencoder for the first `ae_fraction` of the budget (or takes it from an earlier
-run: autoencoder_run = RUN_ID); stage 2 encodes the prepared data once into cached latents and trains
+Stage 1 trains the KL autoencoder for the first `ae_fraction` of the budget (or takes one the runner hands
+it from an earlier run, autoencoder_run = RUN_ID, charging that run's recorded stage-1 cost); stage 2
+encodes the prepared data once into cached latents and trains
 the DDPM UNet on them. Sampling is DDIM (or DDPM) in latent space, then one decoder pass."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from typing import Any
 
 import numpy as np
 import torch
 
-from benchmark import checkpoint
 from benchmark.data import Prepared, cache_root
 from benchmark.errors import UserError
 from benchmark.filelock import file_lock
@@ -76,33 +77,22 @@ class LDM:
         self.stage = STAGES[0]
         self.scale: float | None = None  # 1 / std of the latents, so the diffusion sees unit variance
         self.latents: torch.Tensor | None = None
-        self.extra_flops = 0.0  # one-off work the loop charges on top of per-image FLOPs (encoding the data)
+        # One-off work the loop charges on top of the steps: {stage, images, seconds, flops} each. Encoding
+        # the data and a reused autoencoder cost the same whether their results were cached or not.
+        self.charges: list[dict[str, Any]] = []
         self._recon_scored = False
         self._flops: dict[str, float] = {}
-        if spec.autoencoder_run:
-            self._load_autoencoder(spec.autoencoder_run)
-            self.stage = STAGES[1]
 
-    def _load_autoencoder(self, run_id: str) -> None:
-        from mlflow.exceptions import MlflowException
-
-        from benchmark.tracking import Tracker
-        from benchmark.train import CHECKPOINT
-
+    def reuse_autoencoder(self, state: dict[str, torch.Tensor], cost: dict[str, float], origin: str) -> None:
+        """Take a trained autoencoder (from an earlier run: the runner finds it) and skip stage 1; its
+        recorded cost (images, device-seconds, FLOPs) is charged to this run's autoencoder stage."""
         try:
-            path = Tracker(run_id).dir / CHECKPOINT
-        except MlflowException:
-            raise UserError(f"autoencoder_run: no MLflow run {run_id!r} in this store") from None
-        if not path.is_file():
-            raise UserError(f"autoencoder_run: run {run_id} has no checkpoint")
-        state = checkpoint.load(path)["model"]
-        if "ae" not in state:
-            raise UserError(f"autoencoder_run: run {run_id} is not an ldm run")
-        try:
-            self.ae.load_state_dict(state["ae"])
+            self.ae.load_state_dict(state)
         except RuntimeError:
-            raise UserError(f"autoencoder_run: run {run_id}'s autoencoder has other ae_* settings") from None
-        log.info("reusing the autoencoder of run %s; stage 1 skipped", run_id)
+            raise UserError(f"autoencoder_run: {origin}'s autoencoder has other ae_* settings") from None
+        self.stage = STAGES[1]
+        self.charges.append({"stage": STAGES[0], **cost})
+        log.info("reusing the autoencoder of %s; stage 1 skipped, its cost charged", origin)
 
     def _amp(self):
         return autocast(self.device, self.precision)
@@ -141,18 +131,24 @@ class LDM:
         key = f"{data.fingerprint}-{data.split}-{data.resolution}-{_weights_hash(self.ae)}"
         path = cache_root() / "latents" / f"{key}.pt"
         with file_lock(path.with_suffix(".lock")):
-            if path.is_file():
-                latents = torch.load(path, map_location="cpu", weights_only=True)
-                log.info("reusing cached latents %s", path.name)
+            cached = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+            if isinstance(cached, dict):  # what encoding cost when it ran, charged again: the cache is no discount
+                latents = cached["latents"]
+                self.charges.append({"stage": self.stage, "images": 0, "seconds": cached["seconds"],
+                                     "flops": cached["flops"]})
+                log.info("reusing cached latents %s (charged as encoded: %.1f s)", path.name, cached["seconds"])
             else:
                 log.info("encoding %d images into latents (once; cached as %s)", len(data), path.name)
+                start = time.perf_counter()
                 latents = torch.cat([
                     self._encode(torch.from_numpy(np.array(data.images[i : i + batch_size])).float()
                                  .div_(127.5).sub_(1.0)) for i in range(0, len(data), batch_size)])
+                seconds, flops = time.perf_counter() - start, len(data) * self._encoder_flops()
                 path.parent.mkdir(parents=True, exist_ok=True)
-                torch.save(latents, path.with_suffix(".partial"))
+                torch.save({"latents": latents, "seconds": seconds, "flops": flops}, path.with_suffix(".partial"))
                 path.with_suffix(".partial").replace(path)
-                self.extra_flops += len(data) * self._encoder_flops()
+                # the seconds are inside this training step's measured time already
+                self.charges.append({"stage": self.stage, "images": 0, "seconds": 0.0, "flops": flops})
         if self.scale is None:
             self.scale = float(1.0 / latents.std())
             log.info("latent scale factor 1/std = %.4f", self.scale)
@@ -196,6 +192,7 @@ class LDM:
                 "noise": self.noise.get_state(), "stage": self.stage, "scale": self.scale}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.charges = []  # a checkpoint's meter holds what was charged before it
         self.ae.load_state_dict(state["ae"])
         self.ae_opt.load_state_dict(state["ae_opt"])
         self.dm.load_state_dict(state["dm"])
