@@ -37,6 +37,10 @@ def _models_help() -> str:
 tracking_option = click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
                                help="MLflow store; default: mlflow.db + ./mlruns in the working directory.")
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bars; warnings only.")
+bn_option = click.option("--bn", type=click.Choice(["standing", "batch", "running"]),
+                         help="GANs: BatchNorm statistics G samples with (default: the run's eval.bn). standing: "
+                         "recomputed from fresh noise (BigGAN); batch: train mode (the tutorials); running: the "
+                         "running averages, grey early in training.")
 device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 
 
@@ -101,22 +105,30 @@ run.help += "\n\n\b\nModels:\n" + "\n".join(f"  {line}" for line in _models_help
               help="Diffusion runs: score once per number of sampling steps (e.g. 10,50,100) and log "
               "<metric>_vs_steps, the quality-versus-sampling-cost curve.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@bn_option
 @device_option
 @tracking_option
 @quiet_option
-def eval_cmd(run_id, samples, real, fake, split, sampler_steps, as_json, device, tracking_uri, quiet) -> None:
-    """FID/KID/precision/recall of a run's latest checkpoint (logged into the run), or of --real vs --fake."""
+def eval_cmd(run_id, samples, real, fake, split, sampler_steps, as_json, bn, device, tracking_uri, quiet) -> None:
+    """FID/KID/precision/recall of a run's latest checkpoint, logged into the run, or of --real vs --fake.
+
+    At the run's own N and --bn the scores extend its curve (fid, kid_mean, ...); at another N or --bn
+    they are logged under keys of their own (fid_n500, fid_n500_bn-batch, ...). Below 2,000 samples KID
+    leads: FID is biased upwards there."""
     from benchmark import evaluate
 
     _setup_logging(quiet or as_json)
     if real or fake:
         if not (real and fake) or run_id:
             raise UserError("give either RUN_ID, or both --real and --fake")
+        if bn:
+            raise UserError("--bn is for a run's checkpoint; --real/--fake are image sets already drawn")
         result = evaluate.eval_sets(real, fake, samples, split, progress=not quiet and not as_json)
     elif run_id:
         _tracking(tracking_uri)
         steps = evaluate.parse_steps(sampler_steps) if sampler_steps else None
-        result = evaluate.eval_run(run_id, samples, device, progress=not quiet and not as_json, sampler_steps=steps)
+        result = evaluate.eval_run(run_id, samples, device, progress=not quiet and not as_json, sampler_steps=steps,
+                                   bn=bn)
     else:
         raise UserError("give a RUN_ID, or --real and --fake")
     if as_json:
@@ -142,18 +154,20 @@ def eval_cmd(run_id, samples, real, fake, split, sampler_steps, as_json, device,
               help="A .png/.jpg path gets one grid; any other path becomes a folder of numbered PNGs.")
 @click.option("--seed", type=int, default=0, show_default=True, help="The same seed draws the same images.")
 @click.option("--steps", type=click.IntRange(1), help="Diffusion runs: sampling steps (default: the run's own).")
+@bn_option
 @device_option
 @tracking_option
 @quiet_option
-def sample_cmd(run_id, n, out, seed, steps, device, tracking_uri, quiet) -> None:
+def sample_cmd(run_id, n, out, seed, steps, bn, device, tracking_uri, quiet) -> None:
     """Images from a run's latest checkpoint (finished or still running)."""
     from benchmark.sample import sample_run
 
     _setup_logging(quiet)
     _tracking(tracking_uri)
-    result = sample_run(run_id, n, Path(out), seed, steps, device)
+    result = sample_run(run_id, n, Path(out), seed, steps, device, bn=bn)
+    bn_text = "" if result["bn"] == "n/a" else f", BatchNorm {result['bn']}"
     click.echo(f"{result['n']} images from {result['model']} at {result['images_seen']} images seen "
-               f"({result['sample_nfe']} network passes each) -> {result['out']}")
+               f"({result['sample_nfe']} network passes each{bn_text}) -> {result['out']}")
 
 
 # ---------------------------------------------------------------- data

@@ -7,7 +7,15 @@ import logging
 from benchmark import checkpoint
 from benchmark import data as data_mod
 from benchmark.errors import UserError
-from benchmark.metrics import SMALL_N, Evaluator, provenance, sample_for_eval, score
+from benchmark.metrics import (
+    Evaluator,
+    headline,
+    leading_metric,
+    provenance,
+    sample_for_eval,
+    sampling_bn,
+    score,
+)
 from benchmark.models import family
 from benchmark.models.common import pick_device
 from benchmark.spec import build_spec, load_toml
@@ -49,35 +57,63 @@ def load_run(run_id: str, device_name: str = "auto"):
     return tracker, spec, model, state
 
 
+def set_bn(spec, model, bn: str | None, option: str = "--bn") -> None:
+    """Sample a BatchNorm generator with other statistics than the run's eval.bn; other families refuse."""
+    if bn is None:
+        return
+    if sampling_bn(model) == "n/a":
+        raise UserError(f"{spec.model} has no BatchNorm in its sampler; {option} is for dcgan and wgan-gp runs")
+    model.bn = bn
+
+
 def require_sampler(spec, model, option: str) -> None:
     """A user asking a one-pass model (a GAN) for a number of sampling steps gets one clear line."""
     if not hasattr(model, "sampler_steps"):
         raise UserError(f"{spec.model} samples in one network pass; {option} is for ddpm and ldm runs")
 
 
+def suffix_for(tags: dict, n: int, bn: str) -> str:
+    """"" where a score belongs to the run's own curve (same N and BatchNorm statistics as its eval points,
+    or the run has none yet); else the suffix of its own metric keys (fid_n500, fid_n500_bn-batch): one
+    curve never mixes sample sizes or sampling statistics."""
+    own_n, own_bn = tags.get("metrics.eval_samples"), tags.get("metrics.bn", bn)
+    if own_n is None:
+        return ""
+    return (f"_n{n}" if own_n != str(n) else "") + (f"_bn-{bn}" if own_bn != bn else "")
+
+
 def eval_run(run_id: str, samples: int | None = None, device_name: str = "auto", progress: bool = True,
-             sampler_steps: list[int] | None = None) -> dict:
+             sampler_steps: list[int] | None = None, bn: str | None = None) -> dict:
     """Sample from a run's latest checkpoint and log FID/KID/PR into it at the checkpoint's step.
 
-    With sampler_steps (diffusion runs), score once per number of sampling steps and log each metric as
-    <metric>_vs_steps at step = sampling steps: the quality-versus-sampling-cost curve of that checkpoint."""
+    Scores made like the run's eval points extend its curve (fid, kid_mean, ...); another N or `bn` goes to
+    keys of their own (fid_n500, ...), so the curve keeps one N. With sampler_steps (diffusion runs), score
+    once per number of sampling steps and log <metric>_vs_steps at step = sampling steps."""
     tracker, spec, model, state = load_run(run_id, device_name)
     if sampler_steps:
         require_sampler(spec, model, "--sampler-steps")
+    set_bn(spec, model, bn)
     step = int(state["meter"]["images_seen"])
     n = samples or spec.eval["samples"] or 128
     prepared = data_mod.prepare(spec.data, spec.split, spec.resolution, spec.synthetic_images, progress)
     evaluator = Evaluator(batch_size=spec.eval["batch_size"], progress=progress)
     real, cached = evaluator.real_features(prepared, spec.eval["real_samples"])
-    tracker.tags({**provenance(evaluator.weights, n, len(real.pool), f"{prepared.name}:{prepared.split}"),
-                  "metrics.real_stats": "reused from cache" if cached else "computed"})
+    tags = provenance(evaluator.weights, n, len(real.pool), f"{prepared.name}:{prepared.split}", sampling_bn(model))
+    suffix = suffix_for(tracker.client.get_run(run_id).data.tags, n, sampling_bn(model))
+    if suffix:  # the run's own provenance stays; this set is described under its suffix
+        tags = {f"metrics{suffix}.{k.partition('.')[2]}": v for k, v in tags.items()}
+        log.info("N = %d / bn = %s differ from the run's eval points: logged as fid%s, kid_mean%s, ...", n,
+                 sampling_bn(model), suffix, suffix)
+    tracker.tags({**tags, "metrics.real_stats": "reused from cache" if cached else "computed"})
     if not sampler_steps:
         batches, _ = sample_for_eval(model, n, spec.seed, spec.eval["batch_size"])
         values = score(evaluator.features(batches, total=n, desc="fid"), real, evaluator.weights)
         values["eval_samples"] = n
-        tracker.metrics(values, step)
+        tracker.metrics({f"{k}{suffix}": v for k, v in values.items()}, step)
         tracker.flush()
-        return {"run_id": run_id, "images_seen": step, **values}
+        log.info("run %s at %d images: %s", run_id, step, headline(values, n))
+        return {"run_id": run_id, "images_seen": step, "logged_as": f"fid{suffix}", "bn": sampling_bn(model),
+                "leads": leading_metric(n), **values, "kid_x1000": 1000 * values["kid_mean"]}
     sweep = []
     for steps in sampler_steps:
         model.sampler_steps = steps
@@ -113,12 +149,12 @@ def eval_sets(real: str, fake: str, samples: int | None = None, split: str = "tr
     n_real = min(samples or len(real_set), len(real_set))
     if min(n_fake, n_real) < 2:
         raise UserError("need at least 2 images on each side")
-    if n_fake < SMALL_N:
-        log.warning("%d generated images: FID at small N is biased upwards; compare only at equal N", n_fake)
     evaluator = Evaluator(progress=progress)
     real_feats, cached = evaluator.real_features(real_set, n_real)
     fake_feats = evaluator.features(fake_set.images[:n_fake], desc="fake")
     values = score(fake_feats, real_feats, evaluator.weights)
-    return {**values, "fake_samples": n_fake, "real_samples": n_real, "real_stats_cached": cached,
+    log.info("%s", headline(values, n_fake))
+    return {"leads": leading_metric(n_fake), **values, "kid_x1000": 1000 * values["kid_mean"],
+            "fake_samples": n_fake, "real_samples": n_real, "real_stats_cached": cached,
             "weights_sha256": evaluator.weights.sha256, "is": values.get("is", "unavailable"),
             "inception_images_per_second": evaluator.images_per_second}

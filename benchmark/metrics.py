@@ -133,7 +133,9 @@ def frechet_distance(fake: torch.Tensor, real: torch.Tensor) -> float:
         root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
         eig = np.linalg.eigvalsh(root @ s2 @ root)
     trace_sqrt = np.sqrt(np.clip(eig, 0, None)).sum()  # PSD: negatives are round-off
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * trace_sqrt)
+    # A distance: identical sets give round-off around 0 (-3e-08), which is 0. (KID keeps its sign: it is
+    # an unbiased estimate and may be negative.)
+    return max(0.0, float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * trace_sqrt))
 
 
 def score(fake: Features, real: Features, weights: InceptionWeights, kid_subset_size: int = 1000,
@@ -165,7 +167,26 @@ def score(fake: Features, real: Features, weights: InceptionWeights, kid_subset_
     return out
 
 
-def provenance(weights: InceptionWeights, n_fake: int, n_real: int, reference: str) -> dict[str, str]:
+def sampling_bn(model) -> str:
+    """The BatchNorm statistics a family samples with (eval.bn), or n/a for families without BatchNorm."""
+    return getattr(model, "bn", "n/a")
+
+
+def leading_metric(n: int) -> str:
+    """KID leads below SMALL_N samples, where FID is biased upwards (Binkowski et al. 2018); FID above."""
+    return "kid_mean" if n < SMALL_N else "fid"
+
+
+def headline(values: dict[str, float], n: int) -> str:
+    """One line that leads with the metric that is trustworthy at this N and flags the other."""
+    kid = f"KID x 1000 = {1000 * values['kid_mean']:.2f} ± {1000 * values['kid_std']:.2f}"
+    if leading_metric(n) == "kid_mean":
+        return f"{kid} (N = {n}: KID leads; FID {values['fid']:.1f} is biased upwards below {SMALL_N:,})"
+    return f"FID = {values['fid']:.2f} (N = {n}), {kid}"
+
+
+def provenance(weights: InceptionWeights, n_fake: int, n_real: int, reference: str, bn: str = "n/a"
+               ) -> dict[str, str]:
     """How a set of numbers was made: logged beside every metric so mixed comparisons can be refused."""
     return {
         "metrics.feature_extractor": FEATURE_EXTRACTOR,
@@ -174,6 +195,7 @@ def provenance(weights: InceptionWeights, n_fake: int, n_real: int, reference: s
         "metrics.eval_samples": str(n_fake),
         "metrics.real_samples": str(n_real),
         "metrics.reference": reference,
+        "metrics.bn": bn,
         "metrics.is": "available" if weights.has_logits else
                       "unavailable: converted TF weights have no logits layer; set BENCH_INCEPTION_WEIGHTS",
     }

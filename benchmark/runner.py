@@ -11,6 +11,7 @@ from analysis.losses import plot_losses
 from benchmark import checkpoint
 from benchmark import data as data_mod
 from benchmark.errors import UserError
+from benchmark.metrics import headline
 from benchmark.models import family
 from benchmark.models.common import pick_device, resolve_precision
 from benchmark.spec import RunSpec, build_spec, load_toml
@@ -132,5 +133,7 @@ def _train_tracked(spec: RunSpec, cls: type, device: torch.device, precision: st
     tracker.tags({"final_checkpoint": "checkpoints/last.pt", "images_seen": meter.images_seen,
                   "device_hours": f"{meter.device_hours:.6f}"})
     tracker.end("FINISHED")
-    log.info("finished: %d images, %.2f epochs, %.4f device-hours, %.4f PFLOPs", meter.images_seen, meter.epochs,
-             meter.device_hours, meter.pflops)
+    final = tracker.client.get_run(tracker.run_id).data.metrics
+    scored = f"; {headline(final, int(final['eval_samples']))}" if "eval_samples" in final else ""
+    log.info("finished: %d images, %.2f epochs, %.4f device-hours, %.4f PFLOPs%s", meter.images_seen, meter.epochs,
+             meter.device_hours, meter.pflops, scored)

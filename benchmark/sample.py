@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmark.evaluate import load_run, require_sampler
-from benchmark.metrics import draw
+from benchmark.evaluate import load_run, require_sampler, set_bn
+from benchmark.metrics import draw, sampling_bn
 from benchmark.train import save_grid
 
 log = logging.getLogger(__name__)
@@ -18,13 +18,14 @@ GRID_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def sample_run(run_id: str, n: int, out: Path, seed: int = 0, sampler_steps: int | None = None,
-               device_name: str = "auto", batch_size: int = 64) -> dict:
+               device_name: str = "auto", batch_size: int = 64, bn: str | None = None) -> dict:
     """Draw n images; `out` ending in .png/.jpg is one grid, anything else a folder of numbered PNGs
     (which `bench eval --real ... --fake FOLDER` scores)."""
     _, spec, model, state = load_run(run_id, device_name)
     if sampler_steps is not None:
         require_sampler(spec, model, "--steps")
         model.sampler_steps = sampler_steps
+    set_bn(spec, model, bn)
     images = torch.cat([x.cpu() for x in draw(model, n, torch.Generator().manual_seed(seed), batch_size)])
     if out.suffix.lower() in GRID_SUFFIXES:
         save_grid(images, out)
@@ -34,6 +35,5 @@ def sample_run(run_id: str, n: int, out: Path, seed: int = 0, sampler_steps: int
         out.mkdir(parents=True, exist_ok=True)
         for i, image in enumerate(images.numpy()):
             Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0))).save(out / f"{i:05d}.png")
-    log.info("%d images from %s at %d images seen -> %s", n, run_id, state["meter"]["images_seen"], out)
     return {"run_id": run_id, "model": spec.model, "images_seen": int(state["meter"]["images_seen"]), "n": n,
-            "out": str(out), "sample_nfe": getattr(model, "sample_nfe", 1)}
+            "out": str(out), "sample_nfe": getattr(model, "sample_nfe", 1), "bn": sampling_bn(model)}

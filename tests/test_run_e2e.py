@@ -48,8 +48,20 @@ def test_dcgan_run_on_celeba_logs_everything_and_reuses_caches(celeba, capsys, c
 
     code, out, err = bench_inprocess("eval", run.info.run_id, "--samples", "16", capsys=capsys)
     assert code == 0, err
-    assert "fid" in out and "kid_mean" in out
+    assert "fid" in out and "kid_mean" in out and "leads" in out and "kid_mean" in out.split("leads")[1]
+    assert len(client.get_metric_history(run.info.run_id, "fid")) == 3  # same N: the run's own curve
+    # another N or other BatchNorm statistics never enter the run's curve: keys of their own
+    for args, key in ((["--samples", "8"], "fid_n8"), (["--bn", "running"], "fid_bn-running")):
+        code, out, err = bench_inprocess("eval", run.info.run_id, *args, capsys=capsys)
+        assert code == 0 and key in out, err
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [64]
     assert len(client.get_metric_history(run.info.run_id, "fid")) == 3
+    tags = client.get_run(run.info.run_id).data.tags
+    assert tags["metrics.eval_samples"] == "16" and tags["metrics.bn"] == "standing"
+    assert tags["metrics_n8.eval_samples"] == "8" and tags["metrics_bn-running.bn"] == "running"
+    from analysis.collect import collect
+
+    assert set(collect(["dcgan"])["eval_samples"]) == {16}
 
     code, _, err = bench_inprocess("eval", run.info.run_id, "--sampler-steps", "10", capsys=capsys)
     assert code != 0 and "one network pass" in err and "Traceback" not in err
@@ -59,6 +71,7 @@ def test_dcgan_run_on_celeba_logs_everything_and_reuses_caches(celeba, capsys, c
     for out in (folder, tmp_path / "grid.png", tmp_path / "again"):
         code, out_text, err = bench_inprocess("sample", run.info.run_id, "--n", "5", "--out", str(out), capsys=capsys)
         assert code == 0 and "5 images from dcgan at 64 images seen" in out_text, err
+        assert "BatchNorm standing" in out_text and out_text.count("images from") == 1
     drawn = sorted(folder.glob("*.png"))
     assert len(drawn) == 5 and Image.open(drawn[0]).size == (64, 64)
     assert [p.read_bytes() for p in drawn] == [p.read_bytes() for p in sorted((tmp_path / "again").glob("*.png"))]
