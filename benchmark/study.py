@@ -257,6 +257,15 @@ def run_worker(opts: StudyOptions, parent_id: str, progress: bool = False) -> No
             _run_trial(study, trial, space, metric, opts, experiment, parent_id, progress)
 
 
+def report(trial: optuna.Trial, value: float, point: int, images_seen: int) -> None:
+    """Report an eval point to the pruner, which compares trials only at equal steps: the step is the eval
+    point's index (the same fraction of the trial budget in every trial), not images seen, which differ
+    between trials under a time budget or a searched batch size and would never meet."""
+    trial.report(value, step=point)
+    if trial.should_prune():
+        raise optuna.TrialPruned(f"pruned at eval point {point + 1} ({images_seen} images), value {value:.4g}")
+
+
 def _run_trial(study, trial, space, metric, opts, experiment, parent_id, progress) -> None:
     values = suggest(trial, space)
     overrides = [*opts.overrides, *(f"{k}={json.dumps(v)}" for k, v in values.items()),
@@ -265,16 +274,13 @@ def _run_trial(study, trial, space, metric, opts, experiment, parent_id, progres
     cost = {"device_hours": 0.0, "pflops": 0.0}
     final: dict[str, float] = {}
 
-    def on_eval(evaluation: dict[str, float], meter) -> None:
+    def on_eval(evaluation: dict[str, float], meter, point: int) -> None:
         cost.update(device_hours=meter.device_hours, pflops=meter.pflops)
         trial.set_user_attr("device_hours", meter.device_hours)
         trial.set_user_attr("pflops", meter.pflops)
         if metric in evaluation:
             final[metric] = evaluation[metric]
-            trial.report(evaluation[metric], step=int(evaluation["images_seen"]))
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at {int(evaluation['images_seen'])} images, "
-                                         f"{metric}={evaluation[metric]:.3f}")
+            report(trial, evaluation[metric], point, int(evaluation["images_seen"]))
 
     run_ids: list[str] = []
     try:

@@ -91,10 +91,11 @@ def save_grid(images: torch.Tensor, path) -> None:
 
 
 def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress: bool = True,
-          on_eval: Callable[[dict[str, float], Meter], None] | None = None) -> Meter:
+          on_eval: Callable[[dict[str, float], Meter, int], None] | None = None) -> Meter:
     """Train `model` (a family instance) on `data` until the spec's budget is spent.
 
-    on_eval sees each evaluation's values (a study reports them to its pruner and may raise to stop)."""
+    on_eval sees each evaluation's values and the eval point's index (a study reports them to its pruner
+    and may raise to stop)."""
     budget = spec.budget_obj
     meter = Meter(dataset_size=len(data))
     loop = LoopState()
@@ -173,8 +174,8 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
         tracker.flush()
         if "fid" in values:
             log.info("eval at %d images (%.3g epochs): %s", step, meter.epochs, headline(values, n))
-        if on_eval is not None:
-            on_eval(values, meter)
+        if on_eval is not None:  # the point's index: the same fraction of the budget in every run of a spec
+            on_eval(values, meter, loop.next_eval - 1)
 
     stop: list[int] = []
 

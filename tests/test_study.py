@@ -142,3 +142,22 @@ def test_shipped_space_is_valid_and_beta2_is_log_scaled_on_one_minus():
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
     values = study_mod.suggest(trial, space)
     assert 0.9 <= values["beta2"] <= 0.9999 and 1e-5 <= values["lr_g"] <= 1e-2
+
+
+def test_median_pruner_prunes_trials_whose_images_seen_differ(tmp_path):
+    """Under a time budget (or a searched batch size) trials reach their eval points at different images
+    seen; the pruner compares trials only at equal steps, so a trial reports at its eval point's index.
+    Two finished trials, then a third far worse at the first point: pruned, through real journal storage."""
+    storage = str(tmp_path / "journal.log")
+    study = optuna.create_study(study_name="prune", storage=study_mod.open_storage(storage),
+                                pruner=study_mod.make_pruner("median"), direction="minimize")
+    for images, values in (([1472, 2944, 5888], [300.0, 250.0, 200.0]), ([1600, 3200, 6400], [310.0, 240.0, 190.0])):
+        trial = study.ask()
+        for point, (seen, value) in enumerate(zip(images, values, strict=True)):
+            study_mod.report(trial, value, point, seen)
+        study.tell(trial, values[-1])
+    trial = study.ask()
+    study_mod.report(trial, 280.0, 0, 1344)  # better than the median at point 0: goes on
+    with pytest.raises(optuna.TrialPruned, match="eval point 2"):
+        study_mod.report(trial, 400.0, 1, 2688)  # far worse at point 1, at other images seen than both
+    assert [s for s, _ in sorted(study.trials[2].intermediate_values.items())] == [0, 1]
