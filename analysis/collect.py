@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
@@ -16,8 +18,15 @@ PROVENANCE = ("eval_samples", "real_samples", "reference", "weights_sha256", "da
 HYPER = ("lr", "lr_g", "lr_d", "beta1", "beta2", "batch_size", "seed", "budget")
 
 
-def collect(experiments: list[str] | None = None, client: MlflowClient | None = None) -> pd.DataFrame:
-    """Every run with at least one FID in the named experiments (all but study/report parents by default)."""
+# Spec fields that do not change what is trained: a model's curve is its spec without them (the eval.*
+# settings are provenance, compared by `comparable`).
+NOT_TRAINING = ("seed", "log_every", "checkpoint_minutes")
+
+
+def collect(experiments: list[str] | None = None, client: MlflowClient | None = None,
+            include_trials: bool = False) -> pd.DataFrame:
+    """Every run with at least one FID in the named experiments (study and report parents never, study trials
+    only with include_trials). `model` names a curve: one training spec, its seeds pooled (see curves)."""
     client = client or MlflowClient()
     found = client.search_experiments()
     if experiments:
@@ -25,15 +34,51 @@ def collect(experiments: list[str] | None = None, client: MlflowClient | None = 
         if missing:
             raise UserError(f"no MLflow experiment named {', '.join(sorted(missing))} in this store")
         found = [e for e in found if e.name in experiments]
-    rows = []
+    rows, params = [], {}
     for exp in found:
         for run in client.search_runs([exp.experiment_id], max_results=5000):
             if "fid" not in run.data.metrics or run.data.tags.get("study.parent") == "true":
                 continue
+            if "optuna.trial" in run.data.tags and not include_trials:
+                continue
             rows += _eval_points(client, exp.name, run)
-    columns = ["run_id", "run_name", "model", "experiment", "status", "spec_hash", *HYPER, "parent_run",
-               *PROVENANCE, *[m for m in METRICS if m != "eval_samples"]]
-    return pd.DataFrame(rows, columns=columns)
+            params[run.info.run_id] = run.data.params
+    columns = ["run_id", "run_name", "model", "family", "curve", "bn", "experiment", "status", "spec_hash", *HYPER,
+               "parent_run", *PROVENANCE, *[m for m in METRICS if m != "eval_samples"], "kid_x1000", "kid_x1000_std"]
+    df = pd.DataFrame(rows, columns=columns)
+    df["kid_x1000"], df["kid_x1000_std"] = 1000 * df["kid_mean"], 1000 * df["kid_std"]
+    return label_curves(df, params)
+
+
+def curve_key(params: dict[str, str]) -> str:
+    """The training spec without its seed: runs that share it are seeds of one curve."""
+    kept = {k: v for k, v in params.items() if k not in NOT_TRAINING and not k.startswith("eval.")}
+    return json.dumps(kept, sort_keys=True)
+
+
+def label_curves(df: pd.DataFrame, params: dict[str, dict[str, str]]) -> pd.DataFrame:
+    """`model` becomes the curve's name: the family where it has one spec, else the family and what differs
+    between its specs (`dcgan lr_g=0.0002`); `family` keeps the family."""
+    if df.empty:
+        return df
+    df["family"] = df["model"]
+    df["model"] = df["model"].astype(str)
+    for fam, runs in df.groupby("family", sort=True):
+        keys = runs.drop_duplicates("curve")["run_id"]
+        if len(keys) == 1:
+            continue
+        specs = {run_id: {k: v for k, v in params[run_id].items() if k not in NOT_TRAINING} for run_id in keys}
+        fields = sorted({k for spec in specs.values() for k in spec}, key=_field_order)
+        differing = [k for k in fields if len({spec.get(k) for spec in specs.values()}) > 1]
+        for run_id, spec in specs.items():
+            label = " ".join(f"{k}={spec.get(k)}" for k in differing[:4]) + (" ..." if len(differing) > 4 else "")
+            df.loc[df["curve"] == df.loc[df["run_id"] == run_id, "curve"].iloc[0], "model"] = f"{fam} {label}"
+    return df
+
+
+def _field_order(key: str) -> tuple[int, str]:
+    """Hyperparameters first in labels, the rest by name."""
+    return (HYPER.index(key) if key in HYPER else len(HYPER), key)
 
 
 def _eval_points(client: MlflowClient, experiment: str, run) -> list[dict]:
@@ -45,6 +90,7 @@ def _eval_points(client: MlflowClient, experiment: str, run) -> list[dict]:
             by_step.setdefault(m.step, {})[key] = m.value
     base = {
         "run_id": run.info.run_id, "run_name": run.info.run_name, "model": params.get("model"),
+        "curve": curve_key(params), "bn": tags.get("metrics.bn", "n/a"),
         "experiment": experiment, "status": run.info.status, "spec_hash": tags.get("spec_hash"),
         **{h: _number(params.get(h)) for h in HYPER},
         "parent_run": tags.get("mlflow.parentRunId"),
@@ -65,14 +111,19 @@ def _number(text):
 
 
 def comparable(df: pd.DataFrame, group: bool = False) -> list[pd.DataFrame]:
-    """Split the table into sets of numbers made the same way (same N, reference split, Inception weights
-    and data). With group=False a mixed table is refused with a message that names what differs."""
+    """Split the table into sets of numbers made the same way (same N, reference split, Inception weights,
+    data, and BatchNorm sampling statistics among models that have them). With group=False a mixed table is
+    refused with a message that names what differs."""
     if df.empty:
         return []
-    keys = list(PROVENANCE)
-    groups = [g for _, g in df.groupby(keys, dropna=False, sort=True)]
+    # BatchNorm statistics matter only between models that have BatchNorm (n/a: diffusion) in their sampler
+    modes = sorted(set(df["bn"]) - {"n/a"})
+    df = df.assign(bn_group=df["bn"].where(df["bn"] != "n/a", modes[0] if len(modes) == 1 else "n/a"))
+    keys = [*PROVENANCE, "bn_group"]
+    groups = [g.drop(columns="bn_group") for _, g in df.groupby(keys, dropna=False, sort=True)]
     if len(groups) > 1 and not group:
-        differing = [k for k in keys if df[k].nunique(dropna=False) > 1]
+        differing = [k.replace("bn_group", "bn (BatchNorm sampling statistics)") for k in keys
+                     if df[k].nunique(dropna=False) > 1]
         raise UserError("these runs' metrics were not made the same way (they differ in "
                         f"{', '.join(differing)}); compare like with like, or group them with --group")
     return groups

@@ -1,5 +1,5 @@
-"""The report's figures (seaborn, PNG): FID against cost with the Pareto front, KID with error bars,
-FID against sampling steps, and the sample progression strip of a run across its eval points."""
+"""The report's figures (seaborn, PNG): KID (with its error bars) or FID against cost with the Pareto front,
+against sampling cost and sampling steps, and the sample progression strip of a run across its eval points."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
-from analysis.tables import COST_AXES, pareto_front  # noqa: E402
+from analysis.tables import COST_AXES, METRIC_NAMES, pareto_front  # noqa: E402
 
 
 def palette(df: pd.DataFrame) -> dict[str, tuple]:
@@ -38,48 +38,42 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def fid_vs_cost(df: pd.DataFrame, axis: str, path: Path) -> Path:
-    """Each run's FID at its eval points against cost (log axes), coloured by model; the Pareto front."""
+def quality_vs_cost(df: pd.DataFrame, axis: str, path: Path, metric: str = "fid", note: str = "") -> Path:
+    """Each run's metric at its eval points against cost (log axes), coloured by curve, with error bars where
+    the metric has them (KID's std over subsets), and the Pareto front."""
     sns.set_theme(style="whitegrid", context="notebook")
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    data = df[df[axis] > 0]
+    data = df[df[axis] > 0].sort_values(axis)
     colours = palette(df)
-    sns.lineplot(data=data, x=axis, y="fid", hue="model", hue_order=list(colours), palette=colours, units="run_id",
-                 estimator=None, marker="o", ax=ax)
-    front = pareto_front(data, axis)
-    ax.step(front[axis], front["fid"], where="post", color="black", linestyle="--", linewidth=1,
+    error = f"{metric}_std" if f"{metric}_std" in data else None
+    for (model, _), run in data.groupby(["model", "run_id"], sort=True):
+        ax.errorbar(run[axis], run[metric], yerr=run[error] if error else None, marker="o", capsize=3,
+                    label=model, color=colours[model])
+    front = pareto_front(data, axis, metric)
+    ax.step(front[axis], front[metric], where="post", color="black", linestyle="--", linewidth=1,
             label="Pareto front")
-    ax.set(xscale="log", yscale="log", xlabel=COST_AXES.get(axis, axis), ylabel="FID (lower is better)",
-           title=f"Quality versus training cost ({COST_AXES.get(axis, axis)})")
-    _plain_log_ticks(ax.yaxis)
-    ax.legend()
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    ax.legend(unique.values(), unique.keys(), fontsize=8)
+    name = METRIC_NAMES.get(metric, metric)
+    ax.set(xscale="log", xlabel=COST_AXES.get(axis, axis), ylabel=f"{name} (lower is better)",
+           title=f"{name} versus training cost ({COST_AXES.get(axis, axis)}){note}")
+    if metric == "fid":
+        ax.set_yscale("log")
+        _plain_log_ticks(ax.yaxis)
     return _save(fig, path)
 
 
-def fid_vs_sampling_cost(df: pd.DataFrame, path: Path) -> Path:
-    """The last eval point of each run: FID against seconds per generated image."""
+def quality_vs_sampling_cost(df: pd.DataFrame, path: Path, metric: str = "fid") -> Path:
+    """The last eval point of each run: the metric against seconds per generated image."""
     sns.set_theme(style="whitegrid", context="notebook")
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     data = df[df["sample_seconds_per_image"] > 0]
     colours = palette(df)
-    sns.scatterplot(data=data, x="sample_seconds_per_image", y="fid", hue="model", style="model",
+    sns.scatterplot(data=data, x="sample_seconds_per_image", y=metric, hue="model", style="model",
                     hue_order=list(colours), style_order=list(colours), palette=colours, s=70, ax=ax)
-    ax.set(xscale="log", xlabel="sampling seconds per image", ylabel="FID", title="Quality versus sampling cost")
-    return _save(fig, path)
-
-
-def kid_with_errors(df: pd.DataFrame, axis: str, path: Path) -> Path:
-    sns.set_theme(style="whitegrid", context="notebook")
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    colours = palette(df)
-    for (model, _), run in df[df[axis] > 0].sort_values(axis).groupby(["model", "run_id"], sort=True):
-        ax.errorbar(run[axis], run["kid_mean"], yerr=run["kid_std"], marker="o", capsize=3, label=model,
-                    color=colours[model])
-    handles, labels = ax.get_legend_handles_labels()
-    unique = dict(zip(labels, handles, strict=True))
-    ax.legend(unique.values(), unique.keys())
-    ax.set(xscale="log", xlabel=COST_AXES.get(axis, axis), ylabel="KID (mean ± std over subsets)",
-           title="KID versus training cost")
+    name = METRIC_NAMES.get(metric, metric)
+    ax.set(xscale="log", xlabel="sampling seconds per image", ylabel=name, title=f"{name} versus sampling cost")
     return _save(fig, path)
 
 

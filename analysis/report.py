@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from analysis import plots, scaling, tables
 from analysis.collect import PROVENANCE, collect, comparable
 from benchmark.errors import UserError
+from benchmark.metrics import SMALL_N
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +24,9 @@ REPORT_EXPERIMENT = "reports"
 
 
 def _artifacts(client: MlflowClient, run_id: str) -> Path | None:
-    from benchmark.tracking import _local_path
+    from benchmark.tracking import local_path
 
-    return _local_path(client.get_run(run_id).info.artifact_uri)
+    return local_path(client.get_run(run_id).info.artifact_uri)
 
 
 def sweeps(client: MlflowClient, df: pd.DataFrame) -> pd.DataFrame:
@@ -73,25 +74,26 @@ def _table(name: str, title: str, table: pd.DataFrame, out: Path, note: str = ""
            f'<p class="note">{html.escape(note)}</p>{body}</section>'
 
 
-def _targets(df: pd.DataFrame) -> list[float]:
-    finals = tables.final_points(df)["fid"]
+def _targets(df: pd.DataFrame, metric: str) -> list[float]:
+    finals = tables.final_points(df)[metric]
     return sorted({float(f"{v:.3g}") for v in (finals.min() * 1.1, finals.median(), finals.max())})
 
 
-def _scaling_table(df: pd.DataFrame, axis: str, project_to: float, targets: list[float]) -> pd.DataFrame:
+def _scaling_table(df: pd.DataFrame, axis: str, project_to: float, targets: list[float], metric: str) -> pd.DataFrame:
+    name = tables.METRIC_NAMES[metric]
     rows = {}
     for model, runs in df.groupby("model", sort=True):
-        fitted = scaling.fit(runs[axis], runs["fid"])
+        fitted = scaling.fit(runs[axis], runs[metric])
         if fitted is None:
             rows[model] = {"fit": f"too few eval points ({len(runs)}; need 4 at distinct costs)"}
             continue
         at, lo, hi = fitted.fid_at(project_to)
-        row = {"fit": f"FID = {fitted.a_raw:.3g} c^-{fitted.b:.3g} + {fitted.e:.3g} ({fitted.points} points)",
-               f"FID at {project_to:g} {tables.COST_AXES[axis]} (extrapolated)": f"{at:.4g} [{lo:.4g}, {hi:.4g}]"}
+        row = {"fit": f"{name} = {fitted.a_raw:.3g} c^-{fitted.b:.3g} + {fitted.e:.3g} ({fitted.points} points)",
+               f"{name} at {project_to:g} {tables.COST_AXES[axis]} (extrapolated)": f"{at:.4g} [{lo:.4g}, {hi:.4g}]"}
         for t in targets:
             cost, lo, hi = fitted.cost_for(t)
             measured = runs[axis].max()
-            row[f"cost to FID {t:g} (extrapolated)"] = (
+            row[f"cost to {name} {t:g} (extrapolated)"] = (
                 "never (the fitted floor is above)" if math.isinf(cost)
                 else "beyond 1000x the measured cost" if cost > 1000 * measured
                 else f"{cost:.3g} [{lo:.3g}, {hi:.3g}]")
@@ -101,11 +103,72 @@ def _scaling_table(df: pd.DataFrame, axis: str, project_to: float, targets: list
     return table
 
 
+def lead_metric(part: pd.DataFrame) -> str:
+    """KID x 1000 leads a metric set made with fewer than SMALL_N samples (FID is biased upwards there)."""
+    return "kid_x1000" if float(part["eval_samples"].iloc[0]) < SMALL_N else "fid"
+
+
+def _metric_set(part: pd.DataFrame, tag: str, out: Path, project_to: float) -> list[str]:
+    """The tables and figures of one set of numbers made the same way, led by the metric valid at its N."""
+    figures = out / "figures"
+    lead = lead_metric(part)
+    name, n = tables.METRIC_NAMES[lead], int(part["eval_samples"].iloc[0])
+    why = (f"N = {n} generated images: below {SMALL_N:,} FID is biased upwards (Binkowski et al. 2018), so KID "
+           "(unbiased; mean ± its std over 100 subsets, x 1000) leads and FID is shown beside it as a trend."
+           if lead == "kid_x1000" else f"N = {n} generated images: FID leads, KID is shown beside it.")
+    curves = ("A row is one training spec (a curve); several seeds of it give mean ± spread over seeds; "
+              "specs of one family that differ are rows labelled by what differs.")
+    flag = f" (biased upwards at N = {n}: a trend)" if lead == "kid_x1000" else ""
+    sections = [f"<p class='note lead'>{html.escape(why)} {html.escape(curves)}</p>"]
+    targets = _targets(part, lead)
+    for axis in ("device_hours", "pflops"):
+        unit = tables.COST_AXES[axis]
+        sections.append(_table(f"{lead}_at_equal_{axis}{tag}", f"{name} at equal cost ({unit})",
+                               tables.quality_at_equal_cost(part, axis, metric=lead), out,
+                               f"{why} Interpolated linearly in log-cost between eval points; empty = not measured "
+                               f"at that budget (never extrapolated). {curves}"))
+        if lead != "fid":
+            sections.append(_table(f"fid_at_equal_{axis}{tag}", f"FID at equal cost ({unit}){flag}",
+                                   tables.quality_at_equal_cost(part, axis, metric="fid"), out,
+                                   f"FID at N = {n} is biased upwards: it ranks runs made the same way at best."))
+        sections.append(_table(f"cost_to_reach_{axis}{tag}", f"Cost ({unit}) to reach a {name}",
+                               tables.cost_to_reach_table(part, targets, axis, lead), out,
+                               f"First cost at which the interpolated {name} reaches the target; empty = not reached."))
+        sections.append(_table(f"pareto_{axis}{tag}", f"Pareto front: {name} vs {unit}",
+                               tables.pareto_front(part, axis, lead).set_index("model"), out,
+                               "Eval points no other point beats on both."))
+        sections.append(_img(plots.quality_vs_cost(part, axis, figures / f"{lead.split('_')[0]}_vs_{axis}{tag}.png",
+                                                   lead)))
+    if lead != "fid":
+        sections.append(_img(plots.quality_vs_cost(part, "device_hours", figures / f"fid_vs_device_hours{tag}.png",
+                                                   "fid", flag)))
+    else:
+        sections.append(_img(plots.quality_vs_cost(part, "device_hours", figures / f"kid_vs_device_hours{tag}.png",
+                                                   "kid_x1000")))
+    sections.append(_table(f"pareto_sampling{tag}", f"Pareto front: {name} vs sampling seconds per image",
+                           tables.pareto_front(part, "sample_seconds_per_image", lead).set_index("model"), out,
+                           "Every eval point; sampling cost is per generated image on the run's device."))
+    sections.append(_img(plots.quality_vs_sampling_cost(tables.final_points(part),
+                                                        figures / f"{lead.split('_')[0]}_vs_sampling_cost{tag}.png",
+                                                        lead)))
+    sections.append(_table(f"final{tag}", "Every run at the end of its budget",
+                           tables.final_points(part)[["model", "run_name", "budget", "seed", "images_seen",
+                                                      "epochs", "device_hours", "pflops", "sample_nfe",
+                                                      "sample_seconds_per_image", "kid_x1000", "kid_x1000_std",
+                                                      "fid", "precision", "recall", "bn"]].set_index("model"), out,
+                           f"{why} bn: the BatchNorm statistics the GANs sampled with (n/a: no BatchNorm)."))
+    sections.append(_table(f"scaling{tag}", f"Scaling fit and projections of {name} (EXTRAPOLATION)",
+                           _scaling_table(part, "device_hours", project_to, targets, lead), out,
+                           f"{name}(c) = a c^-b + e fitted per curve over its eval points; [5%, 95%] from a residual "
+                           "bootstrap. Beyond the measured costs: a projection, not a measurement."))
+    return sections
+
+
 def build(out: Path, experiments: list[str] | None = None, group: bool = False, project_to: float = 58.0,
-          log_run: bool = True) -> Path:
+          log_run: bool = True, include_trials: bool = False) -> Path:
     """Write out/index.html, out/tables/*, out/figures/*; returns the index path."""
     client = MlflowClient()
-    df = collect(experiments, client)
+    df = collect(experiments, client, include_trials)
     if df.empty:
         raise UserError("no runs with FID to report" + (f" in {', '.join(experiments)}" if experiments else ""))
     out = Path(out)
@@ -113,38 +176,10 @@ def build(out: Path, experiments: list[str] | None = None, group: bool = False, 
     sections = []
     for i, part in enumerate(comparable(df, group)):
         tag = "" if i == 0 else f"_{i + 1}"
-        made = ", ".join(f"{k} {part[k].iloc[0]}" for k in PROVENANCE if k != "weights_sha256")
+        made = ", ".join(f"{k} {part[k].iloc[0]}" for k in (*PROVENANCE, "bn") if k != "weights_sha256")
         sections.append(f"<h2>Metric set {i + 1}</h2><p class='note'>numbers made the same way: {html.escape(made)}, "
                         f"Inception weights {str(part['weights_sha256'].iloc[0])[:12]}</p>")
-        targets = _targets(part)
-        for axis in ("device_hours", "pflops"):
-            unit = tables.COST_AXES[axis]
-            sections.append(_table(f"fid_at_equal_{axis}{tag}", f"FID at equal cost ({unit})",
-                                   tables.quality_at_equal_cost(part, axis), out,
-                                   "Interpolated linearly in log-cost between eval points; empty = not measured "
-                                   "at that budget (never extrapolated). Mean ± std over runs (seeds)."))
-            sections.append(_table(f"cost_to_reach_{axis}{tag}", f"Cost ({unit}) to reach a FID",
-                                   tables.cost_to_reach_table(part, targets, axis), out,
-                                   "First cost at which the interpolated FID reaches the target; empty = not reached."))
-            sections.append(_table(f"pareto_{axis}{tag}", f"Pareto front: FID vs {unit}",
-                                   tables.pareto_front(part, axis).set_index("model"), out,
-                                   "Eval points no other point beats on both."))
-            sections.append(_img(plots.fid_vs_cost(part, axis, figures / f"fid_vs_{axis}{tag}.png")))
-        sections.append(_table(f"pareto_sampling{tag}", "Pareto front: FID vs sampling seconds per image",
-                               tables.pareto_front(part, "sample_seconds_per_image").set_index("model"), out,
-                               "Every eval point; sampling cost is per generated image on the run's device."))
-        sections.append(_img(plots.fid_vs_sampling_cost(tables.final_points(part),
-                                                        figures / f"fid_vs_sampling_cost{tag}.png")))
-        sections.append(_img(plots.kid_with_errors(part, "device_hours", figures / f"kid_vs_device_hours{tag}.png")))
-        sections.append(_table(f"final{tag}", "Every run at the end of its budget",
-                               tables.final_points(part)[["model", "run_name", "budget", "seed", "images_seen",
-                                                          "epochs", "device_hours", "pflops", "sample_nfe",
-                                                          "sample_seconds_per_image", "fid", "kid_mean", "kid_std",
-                                                          "precision", "recall"]].set_index("model"), out))
-        sections.append(_table(f"scaling{tag}", "Scaling fit and projections (EXTRAPOLATION)",
-                               _scaling_table(part, "device_hours", project_to, targets), out,
-                               "FID(c) = a c^-b + e fitted per model over its eval points; [5%, 95%] from a residual "
-                               "bootstrap. Beyond the measured costs: a projection, not a measurement."))
+        sections += _metric_set(part, tag, out, project_to)
 
     swept = sweeps(client, df)
     if not swept.empty:
@@ -186,8 +221,8 @@ table{{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}}td,th{{borde
 text-align:right}}figure{{margin:1em 0}}img{{max-width:100%}}.note{{color:#666;font-size:13px}}</style></head>
 <body><h1>{html.escape(title)}</h1><p class="note">{len(df)} eval points of {df['run_id'].nunique()} runs
 ({', '.join(sorted(df['model'].dropna().unique()))}); made {time.strftime('%Y-%m-%d %H:%M')}.
-Lower FID/KID is better. Small-N FIDs (eval_samples below 2,000) rank runs made the same way; they are
-not comparable with papers.</p>
+Lower FID/KID is better. Below 2,000 generated images per point KID leads and FID is shown as a biased
+trend; neither is comparable with papers' 50,000-sample FIDs. Study trials are left out unless asked for.</p>
 {''.join(sections)}
 <script>/* how many figures really decoded, for headless checks and for readers of a broken copy */
 addEventListener("load", () => document.body.setAttribute("data-figures-rendered",

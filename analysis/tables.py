@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 COST_AXES = {"device_hours": "device-hours", "pflops": "PFLOPs"}
+METRIC_NAMES = {"fid": "FID", "kid_x1000": "KID x 1000"}
 
 
 def interpolate(costs, values, at: float) -> float:
@@ -70,7 +71,8 @@ def _per_run(df: pd.DataFrame, fn) -> pd.DataFrame:
 
 
 def _mean_spread(per_run: pd.DataFrame, columns: list) -> pd.DataFrame:
-    """Mean over seeds (runs) per model, with the spread where several runs measured the cell."""
+    """Mean over the seeds (runs) of each curve, with their spread where several runs measured the cell; a
+    single run shows its own error (KID's std over subsets) where the table has one (column + "__std")."""
     out = {}
     for model, runs in per_run.groupby("model", sort=True):
         out[model] = {}
@@ -79,9 +81,10 @@ def _mean_spread(per_run: pd.DataFrame, columns: list) -> pd.DataFrame:
             if values.empty:
                 out[model][col] = ""
             elif len(values) == 1:
-                out[model][col] = f"{values.iloc[0]:.4g}"
+                error = runs[f"{col}__std"].dropna() if f"{col}__std" in runs else []
+                out[model][col] = f"{values.iloc[0]:.4g}" + (f" ± {error.iloc[0]:.2g}" if len(error) else "")
             else:
-                out[model][col] = f"{values.mean():.4g} ± {values.std(ddof=1):.2g} (n={len(values)})"
+                out[model][col] = f"{values.mean():.4g} ± {values.std(ddof=1):.2g} (n={len(values)} seeds)"
     table = pd.DataFrame.from_dict(out, orient="index")
     table.index.name = "model"
     return table
@@ -89,17 +92,27 @@ def _mean_spread(per_run: pd.DataFrame, columns: list) -> pd.DataFrame:
 
 def quality_at_equal_cost(df: pd.DataFrame, axis: str = "device_hours", budgets: list[float] | None = None,
                           metric: str = "fid") -> pd.DataFrame:
-    """Each model's metric at each budget of the ladder (rows: models, columns: budgets on `axis`)."""
+    """Each curve's metric at each budget of the ladder (rows: curves, columns: budgets on `axis`); a KID
+    cell of a single run carries its std over subsets."""
     budgets = budgets or ladder(df, axis)
     columns = [f"{b:g} {COST_AXES.get(axis, axis)}" for b in budgets]
-    per_run = _per_run(df, lambda run: {col: interpolate(run[axis], run[metric], b)
-                                        for col, b in zip(columns, budgets, strict=True)})
-    return _mean_spread(per_run, columns)
+    error = f"{metric}_std" if f"{metric}_std" in df else None
+
+    def cells(run):
+        out = {}
+        for col, b in zip(columns, budgets, strict=True):
+            out[col] = interpolate(run[axis], run[metric], b)
+            if error:
+                out[f"{col}__std"] = interpolate(run[axis], run[error], b)
+        return out
+
+    return _mean_spread(_per_run(df, cells), columns)
 
 
-def cost_to_reach_table(df: pd.DataFrame, targets: list[float], axis: str = "device_hours") -> pd.DataFrame:
-    columns = [f"FID {t:g}" for t in targets]
-    per_run = _per_run(df, lambda run: {col: cost_to_reach(run[axis], run["fid"], t)
+def cost_to_reach_table(df: pd.DataFrame, targets: list[float], axis: str = "device_hours",
+                        metric: str = "fid") -> pd.DataFrame:
+    columns = [f"{METRIC_NAMES.get(metric, metric)} {t:g}" for t in targets]
+    per_run = _per_run(df, lambda run: {col: cost_to_reach(run[axis], run[metric], t)
                                         for col, t in zip(columns, targets, strict=True)})
     return _mean_spread(per_run, columns)
 
@@ -112,7 +125,8 @@ def pareto_front(df: pd.DataFrame, x: str, y: str = "fid") -> pd.DataFrame:
         if row[y] < best:
             front.append(index)
             best = row[y]
-    return rows.loc[front, ["model", "run_name", "run_id", x, y]].reset_index(drop=True)
+    beside = [c for c in ("fid", "kid_x1000") if c != y and c in rows]
+    return rows.loc[front, ["model", "run_name", "run_id", x, y, *beside]].reset_index(drop=True)
 
 
 def final_points(df: pd.DataFrame) -> pd.DataFrame:

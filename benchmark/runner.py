@@ -7,7 +7,7 @@ import logging
 import optuna
 import torch
 
-from analysis.losses import plot_losses
+from benchmark.loss_plot import plot_losses
 from benchmark import checkpoint
 from benchmark import data as data_mod
 from benchmark.errors import UserError

@@ -37,7 +37,7 @@ def git_commit() -> str:
         return "unknown"
 
 
-def _local_path(uri: str) -> Path | None:
+def local_path(uri: str) -> Path | None:
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
         return Path(unquote(parsed.path))
@@ -52,7 +52,7 @@ class Tracker:
         self.run_id = run_id
         run = self.client.get_run(run_id)
         self.experiment_id = run.info.experiment_id
-        local = _local_path(run.info.artifact_uri)
+        local = local_path(run.info.artifact_uri)
         self.remote_artifacts = local is None
         self.dir = local if local is not None else cache_root() / "runs" / run_id
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -50,8 +50,29 @@ def store(tmp_path_factory, celeba, bench_cache):
     bench("run", "--model", "dcgan", "--budget", "32img", "--data", str(celeba), "--experiment-name", "other-n",
           "--set", "ngf=8", "--set", "ndf=8", "--set", "batch_size=16", "--set", "eval.samples=6",
           "--set", "eval.real_samples=16", "--set", "eval.points=1", "--quiet")
+    # curves: two seeds of one dcgan spec, another spec, and a study trial (left out of curves by default)
+    curve = ["--model", "dcgan", "--budget", "64img", "--data", str(celeba), "--experiment-name", "curves",
+             "--set", "ngf=8", "--set", "ndf=8", "--set", "batch_size=16", "--set", "eval.samples=8",
+             "--set", "eval.real_samples=16", "--set", "eval.points=2", "--set", "eval.grid=4", "--quiet"]
+    for extra in (["--seed", "0"], ["--seed", "1"], ["--seed", "0", "--set", "lr_g=2e-4"]):
+        bench("run", *curve, *extra)
+    bench("study", *[a for a in curve if a != "--budget" and a != "64img"], "--trial-budget", "64img",
+          "--trials", "1", "--pruner", "none", "--storage", str(folder / "journal.log"))
     return {"uri": uri, "folder": folder, "bench": bench, "experiment_id": exp.experiment_id, "client": client,
             "ddpm": ddpm.info.run_id, "sweep": sweep.stdout}
+
+
+def test_a_curve_is_one_spec_its_seeds_pooled_and_trials_stay_out(store):
+    df = collect(["curves"], store["client"])
+    assert sorted(df["model"].unique()) == ["dcgan lr_g=0.0001", "dcgan lr_g=0.0002"]
+    assert set(df["family"]) == {"dcgan"} and df["run_id"].nunique() == 3  # the study trial is left out
+    for axis in ("device_hours", "pflops"):
+        table = tables.quality_at_equal_cost(df, axis, metric="kid_x1000")
+        pooled, single = table.loc["dcgan lr_g=0.0001"], table.loc["dcgan lr_g=0.0002"]
+        assert any("(n=2 seeds)" in cell for cell in pooled), pooled  # mean ± spread over its two seeds
+        assert not any("seeds" in cell for cell in single) and any("±" in cell for cell in single)  # KID's own std
+    with_trials = collect(["curves"], store["client"], include_trials=True)
+    assert with_trials["run_id"].nunique() == 4 and with_trials["model"].nunique() == 3
 
 
 def test_sampling_steps_sweep_logs_fid_against_steps(store):
@@ -142,7 +163,7 @@ def test_metrics_made_differently_are_refused_or_grouped(store):
     assert df["eval_samples"].nunique() == 2
     with pytest.raises(UserError, match="not made the same way.*eval_samples"):
         comparable(df)
-    assert sorted(len(g) for g in comparable(df, group=True)) == [1, 12]
+    assert sorted(len(g) for g in comparable(df, group=True)) == [1, len(df) - 1]
     proc = store["bench"]("report", "--out", "mixed", "--quiet", check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "not made the same way" in proc.stderr
     proc = store["bench"]("report", "--out", "grouped", "--group", "--quiet")
@@ -156,18 +177,19 @@ def test_report_renders_in_chromium_with_every_table_and_figure(store):
     page = index.read_text()
     figures = page.count("<img ")
     names = re.findall(r'alt="([^"]+)"', page)
-    for expected in ("fid_vs_device_hours", "fid_vs_pflops", "fid_vs_sampling_cost", "kid_vs_device_hours",
+    for expected in ("kid_vs_device_hours", "kid_vs_pflops", "kid_vs_sampling_cost", "fid_vs_device_hours",
                      "losses"):
         assert expected in names, expected
     assert sum(n.startswith("samples_") for n in names) == 3  # a sample progression strip per run
-    for name in ("fid_at_equal_device_hours", "cost_to_reach_pflops", "pareto_device_hours", "pareto_sampling",
-                 "scaling", "final"):
+    for name in ("kid_x1000_at_equal_device_hours", "fid_at_equal_device_hours", "cost_to_reach_pflops",
+                 "pareto_device_hours", "pareto_sampling", "scaling", "final"):
         assert (report / "tables" / f"{name}.md").is_file() and (report / "tables" / f"{name}.csv").is_file()
 
     dom = chromium("--virtual-time-budget=10000", "--dump-dom", index.as_uri()).stdout
     rendered = re.search(r'data-figures-rendered="(\d+)"', dom)
     assert rendered and int(rendered.group(1)) == figures >= 10, "every embedded figure decoded in the browser"
-    assert dom.count("<table") >= 9 and "FID at equal cost" in dom and "EXTRAPOLATION" in dom
+    assert dom.count("<table") >= 9 and "EXTRAPOLATION" in dom
+    assert "KID x 1000 at equal cost" in dom and "FID at equal cost (biased upwards at N = 8" in dom
     shot = report / "screenshot.png"
     chromium(f"--screenshot={shot}", "--window-size=1280,4000", index.as_uri())
     assert shot.is_file() and shot.stat().st_size > 20_000
