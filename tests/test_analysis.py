@@ -114,7 +114,7 @@ def test_interpolation_in_log_cost_never_extrapolates(cmp_table):
         assert math.isnan(tables.interpolate(costs, fids, costs[0] * 0.99))
         assert math.isnan(tables.interpolate(costs, fids, costs[-1] * 1.01))
         reached = tables.cost_to_reach(costs, fids, fids.min())
-        assert reached <= costs[np.argmin(fids)] * (1 + 1e-9)
+        assert reached == pytest.approx(costs[np.argmin(fids)], rel=1e-9)  # the minimum is reached at its point
         assert math.isnan(tables.cost_to_reach(costs, fids, fids.min() - 1))
     dcgan = cmp_table[cmp_table["model"] == "dcgan"]
     last = float(dcgan["device_hours"].iloc[-1])
@@ -132,6 +132,33 @@ def test_interpolation_in_log_cost_never_extrapolates(cmp_table):
             assert spans["min"].max() <= rungs[0] and (table.iloc[:, :-1] != "").all().all(), (axis, rungs)
         else:
             assert rungs[0] >= spans["min"].min() and (table != "").sum().sum() >= len(spans)
+
+
+def test_cost_to_reach_is_the_first_crossing_in_log_cost():
+    costs, fids = [1.0, 2.0, 4.0, 8.0], [100.0, 80.0, 90.0, 60.0]
+    assert tables.cost_to_reach(costs, fids, 100) == 1.0  # reached at the first point
+    assert tables.cost_to_reach(costs, fids, 85) == pytest.approx(2**0.75)  # 3/4 of the way from 1 to 2 in log
+    assert tables.cost_to_reach(costs, fids, 70) == pytest.approx(4 * 2 ** (2 / 3))  # after the bump
+    for target in (85, 70, 61):
+        assert tables.interpolate(costs, fids, tables.cost_to_reach(costs, fids, target)) == pytest.approx(target)
+    assert math.isnan(tables.cost_to_reach(costs, fids, 59))
+
+
+def test_scaling_fit_recovers_a_known_power_law():
+    costs = np.geomspace(1e-3, 0.5, 8)
+    fit = scaling.fit(costs, 50 * costs**-0.5 + 20)
+    assert (fit.a_raw, fit.b, fit.e) == (pytest.approx(50, rel=1e-3), pytest.approx(0.5, abs=1e-6),
+                                         pytest.approx(20, abs=0.05))
+    truth = 50 * 10**-0.5 + 20
+    assert fit.fid_at(10)[0] == pytest.approx(truth, rel=1e-3)  # 20x beyond the points, exact without noise
+    assert fit.cost_for(30)[0] == pytest.approx((50 / 10) ** 2, rel=1e-3)
+    covered = 0
+    for seed in range(20):  # with noise, the bootstrap band covers the truth in most draws
+        noisy = 50 * costs**-0.5 + 20 + np.random.default_rng(seed).normal(0, 2, len(costs))
+        estimate, lo, hi = scaling.fit(costs, noisy).fid_at(10)
+        covered += lo <= truth <= hi
+        assert lo <= estimate <= hi
+    assert covered >= 14, covered
 
 
 def test_pareto_front_is_exactly_the_non_dominated_points(cmp_table):

@@ -45,3 +45,34 @@ def test_meter_counts_every_axis_and_image_cap():
     restored = Meter()
     restored.load_state_dict(meter.state_dict())
     assert restored == meter
+
+
+def _final(budget: str, capsys, *extra: str) -> dict:
+    """A tiny real run under `budget`; the metrics of its last eval point."""
+    from mlflow.tracking import MlflowClient
+
+    from conftest import TINY, bench_inprocess
+
+    code, _, err = bench_inprocess("run", "--model", "dcgan", "--budget", budget, *TINY, "--set", "eval.points=1",
+                                   "--experiment-name", budget, *extra, capsys=capsys)
+    assert code == 0, err
+    client = MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name(budget).experiment_id])
+    return run.data.metrics
+
+
+@pytest.mark.parametrize("budget, size, images", [("40img", 256, 40), ("0.1ep", 254, 25), ("0.5ep", 256, 128)])
+def test_image_and_epoch_budgets_stop_at_exactly_their_images(budget, size, images, capsys):
+    """The last batch is cut to fit; 0.1 epochs of 254 images is 25 (it crashed when 25.4 rounded down)."""
+    final = _final(budget, capsys, "--set", f"synthetic_images={size}")
+    assert final["images_seen"] == images
+
+
+def test_time_and_flop_budgets_overshoot_by_less_than_one_step(capsys):
+    final = _final("2s", capsys)
+    step_seconds = final["device_hours"] * 3600 / final["steps"]
+    assert 2 <= final["device_hours"] * 3600 < 2 + 3 * step_seconds  # the step that crossed it (mean x 3: jitter)
+    flops_per_step = final["pflops"] * 1e15 / final["steps"]  # constant: full batches of one model
+    budget = 10 * flops_per_step + flops_per_step / 2
+    final = _final(f"{budget:.6e}flop", capsys)
+    assert budget <= final["pflops"] * 1e15 < budget + flops_per_step and final["steps"] == 11

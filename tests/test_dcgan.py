@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from benchmark.models.dcgan import DCGAN, DEFAULTS, Discriminator, Generator
@@ -73,3 +74,46 @@ def test_standing_statistics_sample_g_and_leave_training_untouched():
     torch.set_rng_state(before["rng"])
     assert after_sampling == twin.train_step(real)
     assert _equal(_state(model), _state(twin))
+
+
+def test_wgan_gp_penalty_against_analytic_critics():
+    """For a linear critic D(x) = <w, x> the gradient is w at every interpolate: penalty (||w|| - 1)^2. For
+    D(x) = ||x||^2 / 2 it is x_hat itself, so the penalty follows from the alphas the noise stream draws."""
+    from benchmark.models.wgan_gp import DEFAULTS as WGAN_DEFAULTS
+    from benchmark.models.wgan_gp import WGANGP
+
+    spec = build_spec("wgan-gp", WGAN_DEFAULTS, overrides=["ngf=8", "ndf=8"])
+    model = WGANGP(spec, torch.device("cpu"), "fp32")
+    gen = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(4, 3, 64, 64, generator=gen), torch.randn(4, 3, 64, 64, generator=gen)
+    w = torch.randn(3, 64, 64, generator=gen) * 0.01
+
+    class Linear(torch.nn.Module):
+        def forward(self, x):
+            return (x * w).flatten(1).sum(1)
+
+    class Quadratic(torch.nn.Module):
+        def forward(self, x):
+            return 0.5 * (x**2).flatten(1).sum(1)
+
+    model.D = Linear()
+    assert model._penalty(real, fake).item() == pytest.approx((w.norm().item() - 1) ** 2, rel=1e-5)
+    model.D = Quadratic()
+    state = model.noise.get_state()
+    alpha = torch.rand(4, 1, 1, 1, generator=model.noise)
+    model.noise.set_state(state)
+    x_hat = alpha * real + (1 - alpha) * fake
+    expected = ((x_hat.flatten(1).norm(dim=1) - 1) ** 2).mean().item()
+    assert model._penalty(real, fake).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_precision_auto_picks_bf16_only_where_it_is_fast():
+    from benchmark.models import common
+
+    assert common.cpu_has_fast_bf16("flags : fpu avx2 avx512f avx512_bf16") is True
+    assert common.cpu_has_fast_bf16("flags : fpu avx2 amx_bf16 amx_tile") is True
+    assert common.cpu_has_fast_bf16("flags : fpu sse4_2 avx2 avx512f") is False
+    cpu = torch.device("cpu")
+    here = common.cpu_has_fast_bf16(open("/proc/cpuinfo").read())
+    assert common.resolve_precision("auto", cpu) == ("bf16" if here else "fp32")
+    assert common.resolve_precision("fp32", cpu) == "fp32" and common.resolve_precision("bf16", cpu) == "bf16"

@@ -115,3 +115,53 @@ def test_ldm_defaults_are_factor_four():
     model = ldm.LDM(spec, CPU, "fp32")
     assert (model.dm.size, model.dm.channels) == (16, 4)
     assert model.sample(2, torch.Generator().manual_seed(0)).shape == (2, 3, 64, 64)
+
+
+def _oracle(diffusion, x0, prediction, seen=None):
+    """The network that knows the one image x0: from x_t it returns the exact epsilon (or v)."""
+
+    def net(x, t):
+        ab = diffusion._ab(t, x)
+        eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
+        if seen is not None:
+            seen.append((int(t[0]), x.clone()))
+        return eps if prediction == "eps" else ab.sqrt() * eps - (1 - ab).sqrt() * x0
+
+    return net
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_ddim_with_an_oracle_walks_the_forward_path_back_to_x0(prediction):
+    """DDIM (eta = 0) with the exact epsilon of one image stays on x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps_T
+    at every step and ends at x0. (Linear schedule: at the cosine schedule's last steps, ab_T ~ 1e-9, an
+    epsilon-prediction's float32 round-off is amplified 1 / sqrt(ab_T) times into x0.)"""
+    diffusion = GaussianDiffusion("linear", 1000, prediction)
+    x0 = torch.linspace(-0.9, 0.9, 3 * 8 * 8).reshape(1, 3, 8, 8)
+    x_T = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    seen = []
+    out = diffusion.sample(_oracle(diffusion, x0, prediction, seen), x_T.shape, torch.Generator(), CPU, "ddim", 10,
+                           0.0, clip=False, x_T=x_T.clone())
+    assert torch.allclose(out, x0, atol=1e-4)
+    ab_T = float(diffusion.alphas_cumprod[999])
+    eps_T = (x_T - ab_T**0.5 * x0) / (1 - ab_T) ** 0.5
+    assert [t for t, _ in seen] == timesteps(1000, 10)
+    for t, x_t in seen:
+        ab = float(diffusion.alphas_cumprod[t])
+        assert torch.allclose(x_t, ab**0.5 * x0 + (1 - ab) ** 0.5 * eps_T, atol=1e-4), t
+
+
+@pytest.mark.parametrize("sampler, eta", [("ddpm", 0.0), ("ddim", 1.0)])
+def test_stochastic_samplers_with_an_oracle_keep_the_forward_marginals(sampler, eta):
+    """Ancestral DDPM (and DDIM with eta = 1) given the exact x0 draw x_prev from q(x_prev | x_t, x0), so the
+    states they visit have the forward marginals N(sqrt(ab_t) x0, 1 - ab_t), measured over 20,000 chains."""
+    diffusion = GaussianDiffusion("linear", 1000)
+    x0 = torch.tensor([-0.8, 0.0, 0.3, 0.9]).reshape(1, 1, 2, 2)
+    seen = []
+    out = diffusion.sample(_oracle(diffusion, x0, "eps", seen), (20_000, 1, 2, 2),
+                           torch.Generator().manual_seed(0), CPU, sampler, 8, eta, clip=False)
+    assert torch.allclose(out, x0.expand_as(out), atol=1e-3)
+    for t, x_t in seen[1:]:
+        ab = float(diffusion.alphas_cumprod[t])
+        std_err = (1 - ab) ** 0.5 / 20_000**0.5
+        assert torch.allclose(x_t.mean(0), ab**0.5 * x0[0], atol=5 * std_err + 1e-4), t
+        assert torch.allclose(x_t.var(0), torch.full_like(x0[0], 1 - ab), rtol=0.05, atol=1e-5), t

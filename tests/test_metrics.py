@@ -10,7 +10,7 @@ from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics
 
 from benchmark import inception
 from benchmark.data import prepare
-from benchmark.metrics import Evaluator, frechet_distance, provenance, score
+from benchmark.metrics import Evaluator, Features, frechet_distance, provenance, score
 from conftest import bench_inprocess
 
 N = 48  # per set: FIDs 103 < 123 < 185 < 470 here (blur1 is 4 KID-sigma from real), and cheap for a 2-core CI
@@ -78,7 +78,7 @@ def test_inception_score_plumbing_with_seeded_logits_head(tmp_path, monkeypatch,
     converted = inception.resolve_weights()
     state = torch.load(converted.path, weights_only=True)
     gen = torch.Generator().manual_seed(0)
-    state["fc.weight"] = torch.randn(1008, 2048, generator=gen) * 0.05
+    state["fc.weight"] = torch.randn(1008, 2048, generator=gen)  # peaked enough that images differ in class
     state["fc.bias"] = torch.zeros(1008)
     path = tmp_path / "seeded-logits-head.pth"
     torch.save(state, path)
@@ -86,11 +86,17 @@ def test_inception_score_plumbing_with_seeded_logits_head(tmp_path, monkeypatch,
     weights = inception.resolve_weights()
     assert weights.has_logits and weights.origin == "env"
     ev = Evaluator(weights, progress=False)
-    images = np.asarray(prepare(str(celeba), "test", progress=False).images[:10])
+    images = np.asarray(prepare(str(celeba), "test", progress=False).images[:20])
     feats = ev.features(images)
-    assert feats.logits is not None and feats.logits.shape == (10, 1008)
+    assert feats.logits is not None and feats.logits.shape == (20, 1008)
+    # torch-fidelity's unbiased logits are the pool features through fc without its bias: our path hands it
+    # the right layer and weights
+    assert torch.allclose(feats.logits, feats.pool @ state["fc.weight"].T, atol=1e-3)
     values = score(feats, feats, weights)
-    assert 1.0 <= values["is"] <= 1008 and values["is_std"] >= 0
+    same = Features(feats.pool[:1].repeat(10, 1), feats.logits[:1].repeat(10, 1))
+    assert score(same, feats, weights)["is"] == pytest.approx(1.0)  # one image ten times: no diversity
+    # IS over 10 splits of 2 images: above 1 where the two differ in class, at most 2
+    assert 1.0 < values["is"] <= 2 and values["is_std"] >= 0
 
 
 def test_eval_cli_real_vs_fake_folder_offline(celeba, tmp_path, capsys):

@@ -39,7 +39,9 @@ def test_unreadable_experiment_files(tmp_path):
         load_toml(bad)
 
 
-def test_hash_changes_with_any_field():
-    a = build_spec("dcgan", DEFAULTS)
-    b = build_spec("dcgan", DEFAULTS, overrides=["seed=1"])
-    assert a.hash() != b.hash() and a.hash() == build_spec("dcgan", DEFAULTS).hash()
+@pytest.mark.parametrize("override", ["seed=1", "lr_g=2e-4", "beta2=0.999", "batch_size=64", "budget=3m",
+                                      "data=/elsewhere", "eval.samples=500", "eval.bn=batch", "ngf=32"])
+def test_hash_changes_with_any_field(override):
+    base = build_spec("dcgan", DEFAULTS)
+    assert base.hash() == build_spec("dcgan", DEFAULTS).hash()
+    assert build_spec("dcgan", DEFAULTS, overrides=[override]).hash() != base.hash()
