@@ -7,10 +7,10 @@ import logging
 import optuna
 import torch
 
-from benchmark.loss_plot import plot_losses
 from benchmark import checkpoint
 from benchmark import data as data_mod
 from benchmark.errors import UserError
+from benchmark.loss_plot import plot_losses
 from benchmark.metrics import headline
 from benchmark.models import family
 from benchmark.models.common import pick_device, resolve_precision

@@ -18,7 +18,7 @@ CELEBA = Path(os.environ.get("BENCH_TEST_CELEBA", ROOT.parent / "shared" / "data
 def celeba() -> Path:
     if not (CELEBA / "img_align_celeba" / "img_align_celeba").is_dir():
         if os.environ.get("CI"):  # CI has it beside the repo: a missing sample is a broken setup, not a skip
-            pytest.fail(f"CelebA sample missing in CI at {CELEBA}: ../shared/data/celeba-sample must be beside the repo")
+            pytest.fail(f"CelebA sample missing in CI at {CELEBA}: shared/data/celeba-sample must be beside the repo")
         pytest.skip(f"CelebA sample not found at {CELEBA} (set BENCH_TEST_CELEBA); CI has it beside the repo")
     return CELEBA
 
