@@ -44,8 +44,22 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()[:12]
 
 
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The weights file as a state dict, unpickled with weights_only=True only: a file that holds anything
+    but tensors (code included) is refused in one line, never run."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError...: all one line
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"Inception weights {path} refused: not a plain state dict of tensors "
+                        f"(loaded with weights_only=True): {reason[:200]}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"Inception weights {path} refused: not a state dict of tensors")
+    return state
+
+
 def _has_logits(path: Path) -> bool:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_weights(path)
     fc = state.get("fc.weight")
     return fc is not None and bool(torch.isfinite(fc).all()) and bool(fc.abs().sum() > 0)
 
@@ -97,8 +111,9 @@ def convert_torchscript(source: Path, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
-def _skeleton() -> torch.nn.Module:
-    """torch-fidelity's Inception module tree with random weights (its constructor insists on loading)."""
+def _skeleton(name: str = "skeleton", features: tuple[str, ...] = ("2048",)) -> torch.nn.Module:
+    """torch-fidelity's Inception module tree with random weights. Its constructor insists on loading a
+    file, with weights_only=False: it gets an empty dict we wrote ourselves, and we load the real weights."""
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     class Skeleton(FeatureExtractorInceptionV3):
@@ -108,7 +123,7 @@ def _skeleton() -> torch.nn.Module:
     with tempfile.TemporaryDirectory() as tmp:
         empty = Path(tmp) / "empty.pth"
         torch.save({}, empty)
-        return Skeleton("skeleton", ["2048"], feature_extractor_weights_path=str(empty))
+        return Skeleton(name, list(features), feature_extractor_weights_path=str(empty))
 
 
 def resolve_weights() -> InceptionWeights:
@@ -136,9 +151,10 @@ def resolve_weights() -> InceptionWeights:
 
 def feature_extractor(weights: InceptionWeights, with_logits: bool | None = None) -> torch.nn.Module:
     """torch-fidelity's Inception feature extractor: 2048-d pool features, plus unbiased logits if present."""
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
     features = ["2048"]
     if weights.has_logits if with_logits is None else with_logits:
         features.append("logits_unbiased")
-    return FeatureExtractorInceptionV3(FEATURE_EXTRACTOR, features, feature_extractor_weights_path=str(weights.path))
+    net = _skeleton(FEATURE_EXTRACTOR, tuple(features))
+    # torch-fidelity would unpickle the file with weights_only=False; it gets a state dict loaded safely
+    torch.nn.Module.load_state_dict(net, load_weights(weights.path))
+    return net.eval()
