@@ -1,23 +1,60 @@
-"""Atomic checkpoints that load with weights_only=True and hold everything needed to resume exactly."""
+"""Atomic checkpoints that load with weights_only=True and hold everything needed to resume exactly. The
+one before the last is kept: a damaged last checkpoint falls back to it instead of losing the run."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from benchmark.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def previous(path: Path) -> Path:
+    """checkpoints/last.pt -> checkpoints/last.prev.pt: the checkpoint written before the last."""
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
 
 def save(path: Path, state: dict[str, Any]) -> None:
-    """Write to a temporary file and rename: a kill mid-write leaves the previous checkpoint intact."""
+    """Write to a temporary file and rename: a kill mid-write leaves the previous checkpoints intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
     torch.save(state, tmp)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
+    if path.exists():
+        os.replace(path, previous(path))
     os.replace(tmp, path)
 
 
 def load(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint, unpickled with weights_only=True; a damaged or foreign file is one line naming it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - truncated zip, bad pickle, not a checkpoint: all one line
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(f"checkpoint {path} cannot be read ({reason[:160]})") from None
+
+
+def exists(path: Path) -> bool:
+    return path.is_file() or previous(path).is_file()
+
+
+def load_latest(path: Path) -> dict[str, Any] | None:
+    """The last checkpoint, or the one before it (with a warning) when the last is damaged or missing; None
+    when there is neither."""
+    if path.is_file():
+        try:
+            return load(path)
+        except UserError as err:
+            if not previous(path).is_file():
+                raise
+            log.warning("%s; falling back to the checkpoint before it, %s", err, previous(path).name)
+    elif previous(path).is_file():
+        log.warning("checkpoint %s is missing; falling back to the one before it, %s", path, previous(path).name)
+    return load(previous(path)) if previous(path).is_file() else None

@@ -62,13 +62,16 @@ def cli() -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override any spec field, e.g. --set lr_g=2e-4 --set eval.samples=1000. Repeatable.")
 @click.option("--seed", type=int, help="Seed: a CPU run with the same seed is deterministic.")
-@click.option("--resume", "resume_id", metavar="RUN_ID", help="Continue a killed run from its last checkpoint.")
+@click.option("--resume", "resume_id", metavar="RUN_ID", help="Continue a killed run from its last checkpoint "
+              "(the one before it if the last is damaged), into the same MLflow run.")
+@click.option("--restart", is_flag=True, help="With --resume, for a run that has no checkpoint: start it over in the "
+              "same MLflow run, charged with the device-hours and FLOPs it had already logged.")
 @click.option("--experiment-name", help="MLflow experiment; default: the model's name.")
 @click.option("--run-name", help="MLflow run name.")
 @device_option
 @tracking_option
 @quiet_option
-def run(model, experiment_file, data, budget, overrides, seed, resume_id, experiment_name, run_name, device,
+def run(model, experiment_file, data, budget, overrides, seed, resume_id, restart, experiment_name, run_name, device,
         tracking_uri, quiet) -> None:
     """Train a model under a budget, evaluating and checkpointing as it goes, all logged to MLflow."""
     from benchmark import runner
@@ -77,9 +80,11 @@ def run(model, experiment_file, data, budget, overrides, seed, resume_id, experi
 
     _setup_logging(quiet)
     _tracking(tracking_uri)
-    if resume_id:
-        runner.resume(resume_id, device, progress=not quiet)
+    if resume_id is not None:  # an empty id is a mistake, not a request for a new run
+        runner.resume(resume_id, device, progress=not quiet, restart=restart)
         return
+    if restart:
+        raise UserError("--restart goes with --resume RUN_ID")
     experiment = load_toml(experiment_file) if experiment_file else {}
     typed = model or experiment.get("model") or "dcgan"
     name, experiment = resolve(typed, experiment)
@@ -370,7 +375,8 @@ def main() -> None:
         from benchmark.train import Interrupted
 
         if isinstance(err, Interrupted):
-            click.echo(f"interrupted ({err}); checkpoint saved, resume with bench run --resume RUN_ID", err=True)
+            where = f"bench run --resume {err.run_id}" if err.run_id else "bench run --resume RUN_ID"
+            click.echo(f"interrupted ({err}); the run ended as KILLED, resume with {where}", err=True)
             sys.exit(130)
         raise
 

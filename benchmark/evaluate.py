@@ -44,13 +44,13 @@ def load_run(run_id: str, device_name: str = "auto"):
     tracker = Tracker(run_id) if _exists(run_id) else None
     if tracker is None:
         raise UserError(f"no MLflow run {run_id!r} in this tracking store")
-    ckpt_path = tracker.dir / CHECKPOINT
-    if not ckpt_path.is_file():
+    ckpt_path = tracker.fetch(CHECKPOINT)
+    state = checkpoint.load_latest(ckpt_path)
+    if state is None:
         raise UserError(f"run {run_id} has no checkpoint yet ({ckpt_path})")
     saved = load_toml(tracker.dir / "spec.toml")
     cls, defaults = family(saved["model"])
     spec = build_spec(saved["model"], defaults, saved)
-    state = checkpoint.load(ckpt_path)
     run = tracker.client.get_run(run_id)
     model = cls(spec, pick_device(device_name), run.data.tags.get("precision", "fp32"))
     model.load_state_dict(state["model"])

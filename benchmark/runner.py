@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import optuna
 import torch
@@ -52,33 +56,99 @@ def start(spec: RunSpec, device_name: str = "auto", experiment_name: str | None 
         "mlflow.note.content": f"{spec.model} on {prepared.name} ({prepared.split}), budget {spec.budget}",
         **(extra_tags or {}),
     }
-    tracker = Tracker.create(experiment_name or spec.model, run_name, spec.flat_params(), tags)
-    (tracker.dir / "spec.toml").write_text(spec.to_toml())
-    tracker.publish("spec.toml")
-    log.info("MLflow run %s; runs table: %s", tracker.run_id, runs_table_url("http://127.0.0.1:5000",
-                                                                             tracker.experiment_id))
-    if on_tracker is not None:
-        on_tracker(tracker)
-    _train_tracked(spec, cls, device, precision, prepared, tracker, progress, on_eval)
+    with terminate_raises():
+        tracker = Tracker.create(experiment_name or spec.model, run_name, spec.flat_params(), tags)
+        with ended(tracker), tracker.hold():
+            (tracker.dir / "spec.toml").write_text(spec.to_toml())
+            tracker.publish("spec.toml")
+            log.info("MLflow run %s; runs table: %s", tracker.run_id,
+                     runs_table_url("http://127.0.0.1:5000", tracker.experiment_id))
+            if on_tracker is not None:
+                on_tracker(tracker)
+            _train_tracked(spec, cls, device, precision, prepared, tracker, progress, on_eval)
     return tracker.run_id
 
 
-def resume(run_id: str, device_name: str = "auto", progress: bool = True) -> str:
-    """Continue a killed or failed run from its last checkpoint, into the same MLflow run."""
-    tracker = Tracker.resume(run_id)
-    spec_path = tracker.dir / "spec.toml"
+def resume(run_id: str, device_name: str = "auto", progress: bool = True, restart: bool = False) -> str:
+    """Continue a killed or failed run from its last checkpoint, into the same MLflow run. With restart, a run
+    without a checkpoint starts over in the same MLflow run, charged with the cost it had logged."""
+    tracker = Tracker.open(run_id)
+    spec_path = tracker.fetch("spec.toml")
     if not spec_path.is_file():
         raise UserError(f"run {run_id} has no spec.toml: it was not started by bench run")
     saved = load_toml(spec_path)
     cls, defaults = family(saved.get("model", ""))
     spec = build_spec(saved["model"], defaults, saved)
     device = pick_device(device_name)
-    prepared = prepare_data(spec, progress)
-    if prepared.fingerprint != tracker.client.get_run(run_id).data.tags.get("dataset_fingerprint"):
-        raise UserError(f"the data of run {run_id} changed since it started (fingerprint differs); not resuming")
-    precision = tracker.client.get_run(run_id).data.tags.get("precision") or resolve_precision(spec.precision, device)
-    _train_tracked(spec, cls, device, precision, prepared, tracker, progress)
+    with terminate_raises(), tracker.hold():
+        ckpt = tracker.fetch(CHECKPOINT)
+        spent = None
+        if not checkpoint.exists(ckpt):
+            if not restart:
+                raise UserError(f"run {run_id} has no checkpoint ({ckpt}): nothing to resume from. "
+                                f"bench run --resume {run_id} --restart starts it over in the same MLflow run, "
+                                "charging what it had spent")
+            logged = tracker.client.get_run(run_id).data.metrics
+            spent = {"seconds": 3600 * logged.get("device_hours", 0.0), "flops": 1e15 * logged.get("pflops", 0.0)}
+            log.warning("run %s has no checkpoint: starting it over, charged %.4f device-hours already spent",
+                        run_id, spent["seconds"] / 3600)
+        elif restart:
+            raise UserError(f"run {run_id} has a checkpoint: resume it without --restart")
+        prepared = prepare_data(spec, progress)
+        if prepared.fingerprint != tracker.client.get_run(run_id).data.tags.get("dataset_fingerprint"):
+            raise UserError(f"the data of run {run_id} changed since it started (fingerprint differs); not resuming")
+        precision = tracker.client.get_run(run_id).data.tags.get("precision") or resolve_precision(spec.precision,
+                                                                                                   device)
+        tracker.mark_resumed()
+        if restart:
+            tracker.tags({"restarted": "true"})
+        with ended(tracker):
+            _train_tracked(spec, cls, device, precision, prepared, tracker, progress, spent=spent)
     return run_id
+
+
+@contextmanager
+def terminate_raises() -> Iterator[None]:
+    """SIGTERM outside the training loop (preparing, building, loading) raises Interrupted, so the run still
+    ends with a status and a reason; inside the loop, train() defers it to a step boundary and checkpoints."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, _frame):
+        raise Interrupted(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def ended(tracker: Tracker) -> Iterator[None]:
+    """Every way out of a run ends it in MLflow with a status and, unless it finished, a reason."""
+    try:
+        yield
+    except optuna.TrialPruned as err:
+        tracker.tags({"optuna.state": "PRUNED"})
+        tracker.end("FINISHED", None)
+        log.info("pruned: %s", err)
+        raise
+    except (Interrupted, KeyboardInterrupt) as err:
+        name = str(err) if isinstance(err, Interrupted) else "SIGINT"
+        tracker.end("KILLED", f"interrupted by {name}; resume with: bench run --resume {tracker.run_id}")
+        interrupted = err if isinstance(err, Interrupted) else Interrupted(name)
+        interrupted.run_id = tracker.run_id
+        if interrupted is err:
+            raise
+        raise interrupted from None
+    except UserError as err:
+        tracker.end("FAILED", str(err))
+        raise
+    except BaseException as err:
+        tracker.end("FAILED", f"{type(err).__name__}: {err}")
+        raise
 
 
 def reused_autoencoder(run_id: str) -> tuple[dict, dict]:
@@ -103,28 +173,14 @@ def reused_autoencoder(run_id: str) -> tuple[dict, dict]:
 
 
 def _train_tracked(spec: RunSpec, cls: type, device: torch.device, precision: str,
-                   prepared: data_mod.Prepared, tracker: Tracker, progress: bool, on_eval=None) -> None:
+                   prepared: data_mod.Prepared, tracker: Tracker, progress: bool, on_eval=None,
+                   spent: dict[str, float] | None = None) -> None:
     if spec.seed is not None:
         torch.manual_seed(spec.seed)
-    try:
-        model = cls(spec, device, precision)
-        if spec.values.get("autoencoder_run"):
-            model.reuse_autoencoder(*reused_autoencoder(spec.autoencoder_run), origin=f"run {spec.autoencoder_run}")
-        meter = train(spec, model, prepared, tracker, progress, on_eval)
-    except optuna.TrialPruned as err:
-        tracker.tags({"optuna.state": "PRUNED"})
-        tracker.end("FINISHED", None)
-        log.info("pruned: %s", err)
-        raise
-    except Interrupted as err:
-        tracker.end("KILLED", f"interrupted by {err}; resume with: bench run --resume {tracker.run_id}")
-        raise
-    except UserError as err:
-        tracker.end("FAILED", str(err))
-        raise
-    except BaseException as err:
-        tracker.end("FAILED", f"{type(err).__name__}: {err}")
-        raise
+    model = cls(spec, device, precision)
+    if spec.values.get("autoencoder_run"):
+        model.reuse_autoencoder(*reused_autoencoder(spec.autoencoder_run), origin=f"run {spec.autoencoder_run}")
+    meter = train(spec, model, prepared, tracker, progress, on_eval, spent)
     losses = ("loss_d", "loss_g", "loss", "recon_l1")  # recon_l1: the ldm's autoencoder, per pixel
     per_iteration = {k: tracker.history(k) for k in losses}
     per_epoch = {k: tracker.history(f"{k}_epoch") for k in losses}

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import platform
+import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -19,6 +24,8 @@ from benchmark.data import cache_root
 from benchmark.errors import UserError
 
 log = logging.getLogger(__name__)
+
+HEARTBEAT_STALE = 120.0  # seconds without a heartbeat after which a remote run's holder counts as gone
 
 
 def use_tracking_uri(uri: str | None) -> str:
@@ -75,21 +82,72 @@ class Tracker:
         return tracker
 
     @classmethod
-    def resume(cls, run_id: str) -> Tracker:
-        client = MlflowClient()
+    def open(cls, run_id: str) -> Tracker:
+        """An existing run, as it is (its status changes only when it is resumed)."""
+        if not run_id or not run_id.strip():
+            raise UserError("an empty run id; give the id of an MLflow run (bench run --resume RUN_ID)")
         try:
-            run = client.get_run(run_id)
+            MlflowClient().get_run(run_id)
         except MlflowException:
             raise UserError(f"no MLflow run {run_id!r} in {mlflow.get_tracking_uri()}") from None
-        client.update_run(run_id, status="RUNNING")
-        client.set_tag(run_id, "resumed", str(int(run.data.tags.get("resumed", "0")) + 1))
         return cls(run_id)
+
+    def mark_resumed(self) -> None:
+        """RUNNING again, one more resume counted; an earlier failure's reason is kept as history."""
+        tags = self.client.get_run(self.run_id).data.tags
+        self.client.update_run(self.run_id, status="RUNNING")
+        self.client.set_tag(self.run_id, "resumed", str(int(tags.get("resumed", "0")) + 1))
+        if "failure_reason" in tags:
+            self.client.set_tag(self.run_id, "previous_failure_reason", tags["failure_reason"])
+            self.client.delete_tag(self.run_id, "failure_reason")
 
     def end(self, status: str, reason: str | None = None) -> None:
         self.flush()
         if reason:
             self.client.set_tag(self.run_id, "failure_reason", reason[:5000])
+        if self.remote_artifacts:
+            self.client.set_tag(self.run_id, "lock.heartbeat", "0")  # released: another machine may resume it
         self.client.set_terminated(self.run_id, status=RunStatus.to_string(RunStatus.from_string(status)))
+
+    # ------------------------------------------------------------ one process per run
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Only one process trains a run: a lock beside its checkpoint (processes of this machine) and, on a
+        remote store, a holder tag with a heartbeat (other machines). The second gets one line."""
+        path = self.dir / "checkpoints" / "run.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                raise UserError(f"run {self.run_id} is being trained by another process ({f.read().strip()}); "
+                                "not starting a second") from None
+            f.seek(0)
+            f.truncate()
+            f.write(f"{socket.gethostname()} pid {os.getpid()}")
+            f.flush()
+            if self.remote_artifacts:
+                self._claim()
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _claim(self) -> None:
+        tags = self.client.get_run(self.run_id).data.tags
+        holder, beat = tags.get("lock.holder"), float(tags.get("lock.heartbeat", "0"))
+        me = f"{socket.gethostname()} pid {os.getpid()}"
+        if holder and holder != me and time.time() - beat < HEARTBEAT_STALE:
+            raise UserError(f"run {self.run_id} is being trained by {holder} (heartbeat {time.time() - beat:.0f} s "
+                            "ago); not starting a second")
+        self.client.set_tag(self.run_id, "lock.holder", me)
+        self._beat()
+
+    def _beat(self) -> None:
+        if self.remote_artifacts:
+            self.client.set_tag(self.run_id, "lock.heartbeat", f"{time.time():.0f}")
 
     # ------------------------------------------------------------ metrics and files
 
@@ -104,6 +162,7 @@ class Tracker:
         """One log call per step costs ~5 ms on SQLite, so metrics go out in batches."""
         if time.monotonic() - self._last_flush > every_seconds:
             self.flush()
+            self._beat()
 
     def flush(self) -> None:
         while self._pending:
@@ -114,6 +173,10 @@ class Tracker:
     def tags(self, values: dict) -> None:
         for key, value in values.items():
             self.client.set_tag(self.run_id, key, str(value))
+
+    def fetch(self, relpath: str) -> Path:
+        """A run file's local path (on a remote store, downloaded when it is not here yet)."""
+        return self.dir / relpath
 
     def publish(self, relpath: str) -> None:
         """Make a file under `dir` an artifact; on a local store it already is one."""

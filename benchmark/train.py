@@ -76,7 +76,9 @@ def stage_costs(meter: Meter) -> dict[str, float]:
 
 
 class Interrupted(Exception):
-    """SIGINT or SIGTERM arrived; the run checkpointed and is ending as KILLED."""
+    """SIGINT or SIGTERM arrived; the run checkpointed (where it had begun training) and ends as KILLED."""
+
+    run_id: str | None = None  # set by the runner, for the message that says how to resume
 
 
 def _to_float(batch: np.ndarray) -> torch.Tensor:
@@ -91,17 +93,20 @@ def save_grid(images: torch.Tensor, path) -> None:
 
 
 def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress: bool = True,
-          on_eval: Callable[[dict[str, float], Meter, int], None] | None = None) -> Meter:
+          on_eval: Callable[[dict[str, float], Meter, int], None] | None = None,
+          spent: dict[str, float] | None = None) -> Meter:
     """Train `model` (a family instance) on `data` until the spec's budget is spent.
 
     on_eval sees each evaluation's values and the eval point's index (a study reports them to its pruner
-    and may raise to stop)."""
+    and may raise to stop). spent: device-seconds and FLOPs a restarted run had already used."""
     budget = spec.budget_obj
     meter = Meter(dataset_size=len(data))
     loop = LoopState()
     ckpt_path = tracker.dir / CHECKPOINT
-    if ckpt_path.is_file():
-        state = checkpoint.load(ckpt_path)
+    state = checkpoint.load_latest(ckpt_path)
+    if state is None and spent:  # --restart: the run starts over, charged with what it had spent
+        meter.charge(None, 0, spent["seconds"], spent["flops"])
+    if state is not None:
         model.load_state_dict(state["model"])
         meter.load_state_dict(state["meter"])
         loop = LoopState(**state["loop"])
