@@ -371,12 +371,14 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
-    except Exception as err:
-        from benchmark.train import Interrupted
-
-        if isinstance(err, Interrupted):
-            where = f"bench run --resume {err.run_id}" if err.run_id else "bench run --resume RUN_ID"
-            click.echo(f"interrupted ({err}); the run ended as KILLED, resume with {where}", err=True)
+    except BaseException as err:
+        train = sys.modules.get("benchmark.train")  # loaded wherever a run can have been interrupted
+        if train is not None and isinstance(err, train.Interrupted):
+            if err.run_id is None:
+                click.echo(f"interrupted ({err})", err=True)
+            else:
+                click.echo(f"interrupted ({err}); the run ended as KILLED, resume with bench run --resume "
+                           f"{err.run_id}", err=True)
             sys.exit(130)
         raise
 

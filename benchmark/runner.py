@@ -81,6 +81,8 @@ def resume(run_id: str, device_name: str = "auto", progress: bool = True, restar
     spec = build_spec(saved["model"], defaults, saved)
     device = pick_device(device_name)
     with terminate_raises(), tracker.hold():
+        if tracker.client.get_run(run_id).info.status == "FINISHED":
+            raise UserError(f"run {run_id} already finished its budget; nothing to resume")
         ckpt = tracker.fetch(CHECKPOINT)
         spent = None
         if not checkpoint.exists(ckpt):

@@ -290,8 +290,12 @@ def _run_trial(study, trial, space, metric, opts, experiment, parent_id, progres
             raise UserError("a study needs metrics: eval.samples must be > 0")
         tags = {"mlflow.parentRunId": parent_id, "optuna.study_name": opts.study_name,
                 "optuna.trial": trial.number}
+        def on_tracker(tracker) -> None:
+            run_ids.append(tracker.run_id)
+            trial.set_user_attr("mlflow_run_id", tracker.run_id)  # to end it if this worker dies
+
         runner.start(spec, opts.device, experiment, f"trial {trial.number}", progress=progress, extra_tags=tags,
-                     on_eval=on_eval, on_tracker=lambda t: run_ids.append(t.run_id))
+                     on_eval=on_eval, on_tracker=on_tracker)
         if metric not in final or not math.isfinite(final[metric]):
             raise RuntimeError(f"the trial produced no finite {metric}")
         study.tell(trial, final[metric])
@@ -325,6 +329,12 @@ def finalize(opts: StudyOptions, parent_id: str) -> dict[str, Any]:
                                "tuning_device_hours": total_hours, "tuning_pflops": total_pflops}
     tracker.metrics({"tuning_device_hours": total_hours, "tuning_pflops": total_pflops,
                      **{f"trials_{k.lower()}": v for k, v in states.items() if v}}, 0)
+    for t in trials:  # a trial whose worker died left its MLflow run RUNNING: it ends with the trial's reason
+        run_id = t.user_attrs.get("mlflow_run_id")
+        if run_id and t.state == TrialState.FAIL and client.get_run(run_id).info.status == "RUNNING":
+            client.set_tag(run_id, "failure_reason", t.user_attrs.get("fail_reason", "its worker died mid-trial"))
+            client.set_tag(run_id, "optuna.state", "FAIL")
+            client.set_terminated(run_id, "FAILED")
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if complete:
         best = study.best_trial

@@ -75,8 +75,10 @@ def stage_costs(meter: Meter) -> dict[str, float]:
     return out
 
 
-class Interrupted(Exception):
-    """SIGINT or SIGTERM arrived; the run checkpointed (where it had begun training) and ends as KILLED."""
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived; the run checkpointed (where it had begun training) and ends as KILLED. A
+    BaseException, like KeyboardInterrupt: raised from a signal handler, it must not be swallowed by code
+    that catches Exception (logging does, when the signal lands while it writes)."""
 
     run_id: str | None = None  # set by the runner, for the message that says how to resume
 
@@ -161,8 +163,8 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
                                            sampling_bn(model)),
                               "metrics.real_stats": "reused from cache" if cached else "computed"})
                 if n < SMALL_N:
-                    log.warning("eval.samples=%d: FID at small N is biased upwards; read it as a trend, "
-                                "not a number comparable with papers", n)
+                    log.warning("eval.samples=%d: below %d samples FID is biased upwards, so KID leads; neither "
+                                "is comparable with papers' 50,000-sample FIDs", n, SMALL_N)
             batches, sample_seconds = sample_for_eval(model, n, spec.seed, spec.eval["batch_size"])
             fake = evaluator.features(batches, total=n, desc="fid")
             values.update(score(fake, real, evaluator.weights))

@@ -15,6 +15,8 @@ from conftest import bench, bench_inprocess
     (["run", "--set", "batch_size=big"], "batch_size must be int"),
     (["run", "--experiment", "missing.toml"], "experiment file not found"),
     (["run", "--resume", "0123456789abcdef"], "no MLflow run"),
+    (["run", "--resume", ""], "an empty run id"),
+    (["run", "--restart"], "--restart goes with --resume"),
     (["eval", "--real", "synthetic"], "both --real and --fake"),
 ])
 def test_one_line_errors(args, message, capsys):

@@ -3,13 +3,18 @@ nothing lost: planted pickles, resumes that cannot or must not go ahead, damaged
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
 
-from conftest import bench
+from benchmark import checkpoint
+from conftest import bench, bench_inprocess
 
 
 class _Planted:
@@ -43,3 +48,115 @@ def test_a_weights_file_planted_in_the_cache_is_refused_not_run(celeba, tmp_path
                  env={**env, "BENCH_INCEPTION_WEIGHTS": str(planted)})
     _one_line_failure(proc)
     assert "refused" in proc.stderr and not marker.exists()
+
+
+# ---------------------------------------------------------------- runs and resume
+
+TINY_RUN = ["run", "--model", "dcgan", "--data", "synthetic", "--set", "ngf=8", "--set", "ndf=8", "--set",
+            "batch_size=16", "--set", "synthetic_images=256", "--set", "eval.samples=0", "--set", "eval.grid=4",
+            "--set", "eval.points=1", "--set", "checkpoint_minutes=0"]
+
+
+def _popen(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "benchmark.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+
+
+def _new_run(old=()):
+    """The one run not in `old`, or None while it does not exist yet."""
+    client = MlflowClient()
+    runs = [r for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
+            if r.info.run_id not in old]
+    return runs[0] if len(runs) == 1 else None
+
+
+def _checkpoint_dir(run) -> Path:
+    return Path(run.info.artifact_uri.replace("file://", "")) / "checkpoints"
+
+
+def _killed_run(budget: str = "4000img", images: int = 64) -> str:
+    """A run SIGKILLed once its checkpoint holds `images` (and the one before it exists): left RUNNING."""
+    client = MlflowClient()
+    old = {r.info.run_id for r in client.search_runs([e.experiment_id for e in client.search_experiments()])}
+    proc = _popen(*TINY_RUN, "--budget", budget, "--quiet")
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        run = _new_run(old)
+        if run is not None and (_checkpoint_dir(run) / "last.prev.pt").is_file():
+            try:
+                if checkpoint.load(_checkpoint_dir(run) / "last.pt")["meter"]["images_seen"] >= images:
+                    break
+            except Exception:  # noqa: BLE001 - caught mid-rename; look again
+                pass
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    return run.info.run_id
+
+
+def test_two_resumes_of_one_run_train_it_once(capsys):
+    run_id = _killed_run()
+    first, second = _popen("run", "--resume", run_id, "--quiet"), _popen("run", "--resume", run_id, "--quiet")
+    outcomes = sorted((proc.wait(timeout=300), proc.stderr.read()) for proc in (first, second))
+    (ok, _), (refused, message) = outcomes
+    assert ok == 0 and refused == 2, outcomes
+    assert message.count("\n") == 1 and ("being trained by another process" in message
+                                         or "already finished" in message), message
+    client = MlflowClient()
+    steps = [m.step for m in client.get_metric_history(run_id, "loss_d")]
+    assert len(steps) == len(set(steps)) and steps[-1] == 4000  # every step logged once
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["resumed"] == "1"
+
+
+def test_missing_and_damaged_checkpoints(capsys, caplog):
+    run_id = _killed_run()
+    folder = _checkpoint_dir(MlflowClient().get_run(run_id))
+    # a truncated last checkpoint: the one before it takes over, with a warning
+    (folder / "last.pt").write_bytes((folder / "last.pt").read_bytes()[:1000])
+    code, _, err = bench_inprocess("run", "--resume", run_id, "--quiet", capsys=capsys)
+    assert code == 0 and "falling back to the checkpoint before it" in caplog.text, err
+    # the run finished: resuming it again is one line; a damaged checkpoint with nothing before it too
+    code, _, err = bench_inprocess("run", "--resume", run_id, "--quiet", capsys=capsys)
+    assert code == 2 and "already finished" in err and err.count("\n") == 1
+    run = MlflowClient().get_run(run_id)
+    assert run.info.status == "FINISHED" and "failure_reason" not in run.data.tags
+
+    run_id = _killed_run()  # no checkpoint at all: refused (offering --restart), the run left as it was
+    folder = _checkpoint_dir(MlflowClient().get_run(run_id))
+    (folder / "last.prev.pt").unlink()
+    (folder / "last.pt").write_bytes(b"PK\x03\x04 truncated")
+    code, _, err = bench_inprocess("run", "--resume", run_id, "--quiet", capsys=capsys)
+    assert code == 2 and "last.pt cannot be read" in err and err.count("\n") == 1, err
+    run = MlflowClient().get_run(run_id)  # no longer a RUNNING run that nothing trains: FAILED, saying why
+    assert run.info.status == "FAILED" and "cannot be read" in run.data.tags["failure_reason"]
+    status = run.info.status
+    (folder / "last.pt").unlink()
+    code, _, err = bench_inprocess("run", "--resume", run_id, "--quiet", capsys=capsys)
+    assert code == 2 and "no checkpoint" in err and "--restart" in err and err.count("\n") == 1, err
+    assert MlflowClient().get_run(run_id).info.status == status
+    spent = MlflowClient().get_run(run_id).data.metrics.get("device_hours", 0.0)
+    code, _, err = bench_inprocess("run", "--resume", run_id, "--restart", "--quiet", capsys=capsys)
+    assert code == 0, err
+    run = MlflowClient().get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["restarted"] == "true"
+    assert run.data.metrics["device_hours"] >= spent and run.data.metrics["images_seen"] == 4000
+
+
+@pytest.mark.parametrize("when", ["before the loop", "in the loop"])
+def test_sigterm_ends_the_run_killed_with_its_reason_and_resume_line(when):
+    proc = subprocess.Popen([sys.executable, "-m", "benchmark.cli", *TINY_RUN, "--budget", "4000img"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    lines = []
+    for line in proc.stderr:  # "MLflow run <id>" is logged as soon as the run exists, before the model is built
+        lines.append(line)
+        if "MLflow run" in line:
+            break
+    if when == "in the loop":
+        time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 130, "".join(lines) + rest
+    run = _new_run()
+    assert run.info.status == "KILLED" and "SIGTERM" in run.data.tags["failure_reason"]
+    assert f"bench run --resume {run.info.run_id}" in rest and "RUN_ID" not in rest and "Traceback" not in rest

@@ -119,6 +119,11 @@ def test_worker_killed_mid_trial_then_rerun_completes(tmp_path):
     assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 3
     (dead,) = [t for t in study.trials if t.state == TrialState.FAIL]
     assert dead.user_attrs["worker_died"] is True and dead.number == 1
+    client = MlflowClient()  # the dead trial's MLflow run ended too, with the reason
+    run = client.get_run(dead.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED" and "died" in run.data.tags["failure_reason"]
+    exp = client.get_experiment_by_name("study-dcgan")
+    assert not client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'")
 
 
 @pytest.mark.parametrize("text, message", [
