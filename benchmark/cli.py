@@ -21,10 +21,10 @@ def _setup_logging(quiet: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _tracking(uri: str | None) -> None:
+def _tracking(uri: str | None, check: bool = True) -> None:
     from benchmark.tracking import use_tracking_uri
 
-    use_tracking_uri(uri)
+    use_tracking_uri(uri, check)
 
 
 def _models_help() -> str:
@@ -347,7 +347,7 @@ def ui(host, port, tracking_uri) -> None:
     """Open the MLflow UI on this project's store (127.0.0.1 by default)."""
     import mlflow
 
-    _tracking(tracking_uri)
+    _tracking(tracking_uri, check=False)  # the UI only reads: a read-only store is fine to browse
     uri = mlflow.get_tracking_uri()
     click.echo(f"MLflow UI on http://{host}:{port}  (store {uri}); an experiment's runs table is at "
                f"http://{host}:{port}/#/experiments/<id>/runs")

@@ -9,15 +9,19 @@ the file list, the file contents and the preprocessing.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import logging
 import os
+import stat
+import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +40,23 @@ _CHUNK = 256
 
 
 def cache_root() -> Path:
-    """Where prepared arrays, real statistics and converted weights live ($BENCH_CACHE)."""
+    """Where prepared arrays, real statistics and converted weights live ($BENCH_CACHE); a cache that cannot be
+    written is one line, not a traceback from whatever writes first."""
     default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "facebench"
-    return Path(os.environ.get("BENCH_CACHE", default))
+    path = Path(os.environ.get("BENCH_CACHE", default))
+    _check_writable(str(path))
+    return path
+
+
+@functools.cache
+def _check_writable(path: str) -> None:
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise UserError(f"the cache {path} cannot be written ({err.strerror}); set BENCH_CACHE to a writable "
+                        "folder") from None
 
 
 @dataclass
@@ -79,6 +97,7 @@ class _Listing:
     names: list[str]  # relative names (or zip members), sorted
     read: Callable[[str], bytes]
     stamp: str  # cheap identity of the source's state, for the cache key
+    unreadable: list[str] = field(default_factory=list)  # entries that could not be listed: skipped, named
 
 
 def _read_partition(text: str, split: str) -> set[str]:
@@ -106,10 +125,40 @@ def _folder_listing(root: Path, split: str) -> _Listing:
             names = [str(Path(e.path).relative_to(root)) for e in entries]
             stamp = ";".join(f"{e.name}:{e.stat().st_size}:{e.stat().st_mtime_ns}" for e in entries)
             return _Listing(kind, names, lambda n: (root / n).read_bytes(), stamp)
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    names = [str(p.relative_to(root)) for p in files]
-    stamp = ";".join(f"{n}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for n, p in zip(names, files, strict=True))
-    return _Listing("folder", names, lambda n: (root / n).read_bytes(), stamp)
+    names, unreadable = _walk(root)
+    stamps = []
+    for n in names:
+        st = (root / n).stat()
+        stamps.append(f"{n}:{st.st_size}:{st.st_mtime_ns}")
+    return _Listing("folder", names, lambda n: (root / n).read_bytes(), ";".join(stamps), unreadable)
+
+
+def _walk(root: Path) -> tuple[list[str], list[str]]:
+    """Image files under root (relative names, sorted) and what could not be listed: unreadable folders,
+    broken links and link loops, each '<name> (<reason>)'. Links to folders are not followed (no cycles)."""
+    names, unreadable = [], []
+
+    def on_error(err: OSError) -> None:
+        unreadable.append(f"{_show(os.path.relpath(err.filename, root))} ({type(err).__name__}: {err.strerror})")
+
+    for folder, _, files in os.walk(root, onerror=on_error):
+        for file in files:
+            path = os.path.join(folder, file)
+            if Path(file).suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                if not stat.S_ISREG(os.stat(path).st_mode):
+                    continue
+            except OSError as err:  # a link loop (ELOOP) or a broken link
+                unreadable.append(f"{_show(os.path.relpath(path, root))} ({type(err).__name__}: {err.strerror})")
+                continue
+            names.append(os.path.relpath(path, root))
+    return sorted(names), unreadable
+
+
+def _show(name: str) -> str:
+    """A file name for messages, whatever bytes it is made of (names need not be valid UTF-8)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _zip_listing(path: Path, split: str) -> _Listing:
@@ -151,6 +200,9 @@ def _listing(path: Path, split: str) -> _Listing:
 def preprocess(data: bytes, resolution: int) -> np.ndarray:
     """Decode an image, center-crop it square and resize it with antialiasing: uint8 (3, R, R)."""
     with Image.open(io.BytesIO(data)) as img:
+        if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):  # 16-bit grey: convert("RGB") would clip to white
+            depth = 65535.0 if img.mode.startswith("I;16") or np.asarray(img).max() > 255 else 255.0
+            img = Image.fromarray(np.round(np.asarray(img, dtype=np.float64) * (255.0 / depth)).astype(np.uint8))
         img = img.convert("RGB")  # grayscale, palette and RGBA all become RGB
         w, h = img.size
         s = min(w, h)
@@ -189,10 +241,15 @@ def _write(dest: Path, chunks: Iterator[np.ndarray], count_max: int, resolution:
     tmp = dest / "images.partial.npy"
     array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(count_max, 3, resolution, resolution))
     n = 0
-    for chunk in chunks:
-        array[n : n + len(chunk)] = chunk
-        n += len(chunk)
-    array.flush()
+    try:
+        for chunk in chunks:
+            array[n : n + len(chunk)] = chunk
+            n += len(chunk)
+        array.flush()
+    except BaseException:  # a crash or Ctrl-C mid-way leaves no half-written array behind
+        del array
+        tmp.unlink(missing_ok=True)
+        raise
     del array
     if n != count_max:  # skipped files: rewrite at the exact size so the array has no blank rows
         full = np.load(tmp, mmap_mode="r")
@@ -252,7 +309,7 @@ def prepare(source: str, split: str = "train", resolution: int = 64, synthetic_i
     listing = _listing(path, split)
     split_used = split if listing.kind.startswith("celeba") else "all"
     key = hashlib.sha256(
-        f"{path}|{listing.kind}|{split_used}|{resolution}|{PREPROCESSING}|{listing.stamp}".encode()
+        os.fsencode(f"{path}|{listing.kind}|{split_used}|{resolution}|{PREPROCESSING}|{listing.stamp}")
     ).hexdigest()[:16]
     dest = cache_root() / "data" / f"{path.name}-{split_used}-{resolution}-{key}"
     with file_lock(dest.with_suffix(".lock")):  # concurrent workers prepare once, the others wait and reuse
@@ -274,17 +331,23 @@ def _prepare_locked(dest: Path, path: Path, listing: _Listing, split_used: str, 
     log.info("preparing %d images from %s (%s, split %s) at %dx%d into %s", len(listing.names), path,
              listing.kind, split_used, resolution, resolution, dest)
     digest = hashlib.sha256(f"{PREPROCESSING}|{resolution}".encode())
-    skipped: list[str] = []
+    skipped: list[str] = list(listing.unreadable)
+    read_errors: dict[str, str] = {}
 
     def chunks() -> Iterator[np.ndarray]:
         batches = [listing.names[i : i + _CHUNK] for i in range(0, len(listing.names), _CHUNK)]
 
         def blobs() -> Iterator[tuple[list[bytes], int]]:
             for names in batches:
-                data = [listing.read(n) for n in names]
-                for n, b in zip(names, data, strict=True):
-                    digest.update(n.encode())
-                    digest.update(hashlib.sha256(b).digest())
+                data = []
+                for n in names:
+                    digest.update(os.fsencode(n))
+                    try:
+                        data.append(listing.read(n))
+                    except (OSError, zipfile.BadZipFile, zlib.error, EOFError) as err:  # unreadable, bad zip member
+                        read_errors[n] = f"{type(err).__name__}: {err}"
+                        data.append(b"")
+                    digest.update(hashlib.sha256(data[-1]).digest())
                 yield data, resolution
 
         with ProcessPoolExecutor(_workers()) as pool:
@@ -293,7 +356,7 @@ def _prepare_locked(dest: Path, path: Path, listing: _Listing, split_used: str, 
                 good = []
                 for name, result in zip(names, results, strict=True):
                     if isinstance(result, str):
-                        skipped.append(f"{name} ({result})")
+                        skipped.append(f"{_show(name)} ({read_errors.get(name, result)})")
                     else:
                         good.append(result)
                 bar.update(len(names))

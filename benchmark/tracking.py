@@ -9,6 +9,7 @@ import platform
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,11 +29,52 @@ log = logging.getLogger(__name__)
 HEARTBEAT_STALE = 120.0  # seconds without a heartbeat after which a remote run's holder counts as gone
 
 
-def use_tracking_uri(uri: str | None) -> str:
-    """Point MLflow at uri; with none, MLflow's own default (mlflow.db + ./mlruns in the working dir)."""
+def use_tracking_uri(uri: str | None, check: bool = True) -> str:
+    """Point MLflow at uri; with none, MLflow's own default (mlflow.db + ./mlruns in the working dir). With
+    check, an unusable store is one line now, before anything is prepared or trained."""
     if uri:
         mlflow.set_tracking_uri(uri)
-    return mlflow.get_tracking_uri()
+    uri = mlflow.get_tracking_uri()
+    if check:
+        check_store(uri)
+    return uri
+
+
+def check_store(uri: str, timeout: float = 5.0) -> None:
+    """A server that answers within `timeout` seconds (MLflow's own client retries for minutes), or a SQLite
+    file / folder store that is a database and can be written."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+                return
+        except (OSError, ValueError) as err:
+            reason = getattr(err, "reason", err)
+            raise UserError(f"MLflow tracking server {uri} does not answer ({reason}); start it, or give another "
+                            "--tracking-uri / MLFLOW_TRACKING_URI") from None
+    if parsed.scheme == "sqlite":
+        _check_sqlite(Path(unquote(parsed.path)[1:]))  # sqlite:///rel.db is relative, sqlite:////abs.db absolute
+    elif parsed.scheme in ("", "file"):
+        folder = Path(unquote(parsed.path))
+        if folder.exists() and not os.access(folder, os.W_OK):
+            raise UserError(f"MLflow store {folder} is read-only; give a writable --tracking-uri")
+
+
+def _check_sqlite(path: Path) -> None:
+    import sqlite3
+
+    if not path.exists():
+        if not os.access(path.parent if path.parent.exists() else Path.cwd(), os.W_OK):
+            raise UserError(f"MLflow store {path} cannot be created: its folder is read-only")
+        return
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as db:
+            db.execute("select count(*) from sqlite_master").fetchone()
+    except sqlite3.DatabaseError as err:
+        raise UserError(f"MLflow store {path} is not a usable SQLite database ({err})") from None
+    if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
+        raise UserError(f"MLflow store {path} is read-only (it needs the file and its folder writable); give a "
+                        "writable --tracking-uri")
 
 
 def git_commit() -> str:

@@ -160,3 +160,131 @@ def test_sigterm_ends_the_run_killed_with_its_reason_and_resume_line(when):
     run = _new_run()
     assert run.info.status == "KILLED" and "SIGTERM" in run.data.tags["failure_reason"]
     assert f"bench run --resume {run.info.run_id}" in rest and "RUN_ID" not in rest and "Traceback" not in rest
+
+
+# ---------------------------------------------------------------- data
+
+
+def _jpegs(celeba, n):
+    return sorted((celeba / "img_align_celeba" / "img_align_celeba").glob("*.jpg"))[:n]
+
+
+def test_a_damaged_zip_member_is_skipped_counted_and_named(celeba, tmp_path):
+    import zipfile
+
+    from benchmark.data import prepare
+
+    archive = tmp_path / "faces.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        for path in _jpegs(celeba, 6):
+            z.write(path, f"faces/{path.name}")
+    victim = _jpegs(celeba, 6)[2].name
+    with zipfile.ZipFile(archive) as z:
+        info = z.getinfo(f"faces/{victim}")
+    raw = bytearray(archive.read_bytes())
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra) + 200
+    raw[start : start + 50] = bytes(b ^ 0xFF for b in raw[start : start + 50])  # 50 flipped bytes inside it
+    archive.write_bytes(bytes(raw))
+    prepared = prepare(str(archive), progress=False)
+    assert len(prepared) == 5 and prepared.skipped == 1
+    meta = json.loads(_meta(prepared).read_text())
+    assert victim in meta["skipped_examples"][0]
+
+
+def _meta(prepared):
+    from benchmark.data import cache_root
+
+    return next(p for p in (cache_root() / "data").glob("*/meta.json") if prepared.fingerprint in p.read_text())
+
+
+def test_sixteen_bit_png_keeps_its_tones(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from benchmark.data import preprocess
+
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (64, 1))
+    path = tmp_path / "deep.png"
+    Image.fromarray(ramp).save(path)  # mode I;16
+    assert Image.open(path).mode in ("I;16", "I")
+    out = preprocess(path.read_bytes(), 64)
+    assert out.shape == (3, 64, 64) and abs(int(out[0, 0, 0]) - 0) <= 2 and abs(int(out[0, 0, -1]) - 255) <= 2
+    assert abs(float(out.mean()) - 127.5) < 3  # a ramp from black to white, not near-white everywhere
+
+
+def test_symlink_loops_broken_links_and_undecodable_names_are_skipped_counted_named(celeba, tmp_path):
+    from benchmark.data import prepare
+
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    for path in _jpegs(celeba, 4):
+        (folder / path.name).write_bytes(path.read_bytes())
+    os.symlink("loop.jpg", folder / "loop.jpg")  # a link to itself: ELOOP
+    os.symlink("missing.jpg", folder / "broken.jpg")
+    (folder / "sub").mkdir()
+    os.symlink("..", folder / "sub" / "up")  # a link to a folder above: not followed, no cycle
+    with open(os.path.join(os.fsencode(folder), b"caf\xe9.jpg"), "wb") as f:  # Latin-1 bytes: not UTF-8
+        f.write(_jpegs(celeba, 5)[4].read_bytes())
+    prepared = prepare(str(folder), progress=False)
+    assert len(prepared) == 5 and prepared.skipped == 2
+    text = _meta(prepared).read_text()
+    assert "loop.jpg" in text and "broken.jpg" in text
+
+
+def _as_nobody(*args, env=None):
+    """A command as an unprivileged user (root reads everything): runuser/setpriv, or skip."""
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run as an unprivileged user")
+    return subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", *args],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+
+
+def test_unreadable_files_and_folders_as_a_user(celeba):
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="facebench-perm-"))
+    try:
+        base.chmod(0o777)
+        folder, cache = base / "faces", base / "cache"
+        folder.mkdir()
+        for path in _jpegs(celeba, 4):
+            (folder / path.name).write_bytes(path.read_bytes())
+        (folder / "secret.jpg").write_bytes(_jpegs(celeba, 5)[4].read_bytes())
+        (folder / "secret.jpg").chmod(0o000)
+        (folder / "locked").mkdir()
+        (folder / "locked" / "inside.jpg").write_bytes(_jpegs(celeba, 6)[5].read_bytes())
+        (folder / "locked").chmod(0o000)
+        for p in (folder, *folder.glob("*.jpg")):
+            if p.name != "secret.jpg":
+                p.chmod(0o755 if p.is_dir() else 0o644)
+        proc = _as_nobody(sys.executable, "-m", "benchmark.cli", "data", "prepare", str(folder),
+                          env={"BENCH_CACHE": str(cache), "HOME": str(base)})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        info = json.loads(proc.stdout)
+        assert info["images"] == 4 and info["skipped"] == 2, info
+        assert "secret.jpg" in proc.stderr and "locked" in proc.stderr and "Traceback" not in proc.stderr
+        (base / "ro").mkdir(mode=0o555)  # a read-only cache: one line
+        proc = _as_nobody(sys.executable, "-m", "benchmark.cli", "data", "prepare", str(folder),
+                          env={"BENCH_CACHE": str(base / "ro"), "HOME": str(base)})
+        _one_line_failure(proc)
+        assert "cannot be written" in proc.stderr
+    finally:
+        subprocess.run(["chmod", "-R", "u+rwx", str(base)], check=False)
+        subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+def test_a_crashed_preparation_leaves_no_partial_array(tmp_path):
+    """Ctrl-C (or a full disk) half-way through writing the prepared array: nothing half-written is left."""
+    import numpy as np
+
+    from benchmark import data as data_mod
+
+    def chunks():
+        yield np.zeros((4, 3, 64, 64), np.uint8)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        data_mod._write(tmp_path / "set", chunks(), 8, 64, {})
+    assert not list((tmp_path / "set").iterdir())
