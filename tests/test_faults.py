@@ -288,3 +288,53 @@ def test_a_crashed_preparation_leaves_no_partial_array(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         data_mod._write(tmp_path / "set", chunks(), 8, 64, {})
     assert not list((tmp_path / "set").iterdir())
+
+
+# ---------------------------------------------------------------- stores and metrics
+
+
+def test_unusable_stores_are_one_line_before_anything_is_prepared(tmp_path):
+    start = time.time()
+    proc = bench(*TINY_RUN, "--budget", "16img", "--tracking-uri", "http://127.0.0.1:9", check=False)
+    _one_line_failure(proc)
+    assert "does not answer" in proc.stderr and time.time() - start < 60
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"this is not a database" * 100)
+    proc = bench(*TINY_RUN, "--budget", "16img", "--tracking-uri", f"sqlite:///{corrupt}", check=False)
+    _one_line_failure(proc)
+    assert "not a usable SQLite database" in proc.stderr
+
+
+def test_a_read_only_store_as_a_user(tmp_path):
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="facebench-ro-"))
+    try:
+        base.chmod(0o755)
+        import sqlite3
+
+        sqlite3.connect(base / "mlflow.db").execute("create table t (x)").connection.commit()
+        (base / "mlflow.db").chmod(0o444)
+        cache = base / "cache"
+        cache.mkdir(mode=0o777)
+        proc = _as_nobody(sys.executable, "-m", "benchmark.cli", *TINY_RUN, "--budget", "16img", "--tracking-uri",
+                          f"sqlite:///{base / 'mlflow.db'}", env={"BENCH_CACHE": str(cache), "HOME": str(cache)})
+        _one_line_failure(proc)
+        assert "read-only" in proc.stderr
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_fid_of_a_set_with_itself_is_zero_not_round_off(celeba):
+    import numpy as np
+
+    from benchmark.data import prepare
+    from benchmark.metrics import Evaluator, score
+
+    evaluator = Evaluator(progress=False)
+    feats = evaluator.features(np.asarray(prepare(str(celeba), "test", progress=False).images[:40]))
+    values = score(feats, feats, evaluator.weights)
+    assert values["fid"] == 0.0 or 0.0 < values["fid"] < 1e-6, values["fid"]
+    # KID keeps its sign: an unbiased estimate, below 0 here (a set is no independent sample of itself)
+    assert values["kid_mean"] < 0
