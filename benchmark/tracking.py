@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import platform
@@ -21,12 +22,17 @@ from mlflow.entities import Metric, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from benchmark.checkpoint import previous as checkpoint_previous
 from benchmark.data import cache_root
 from benchmark.errors import UserError
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_STALE = 120.0  # seconds without a heartbeat after which a remote run's holder counts as gone
+CHECKPOINT_FILE = "checkpoints/last.pt"
+# On a remote store the checkpoint alternates between two slots; the pointer names the complete one.
+REMOTE_CHECKPOINTS = "checkpoints/remote"
+REMOTE_POINTER = f"{REMOTE_CHECKPOINTS}/latest.json"
 
 
 def use_tracking_uri(uri: str | None, check: bool = True) -> str:
@@ -107,6 +113,7 @@ class Tracker:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._pending: list[Metric] = []
         self._last_flush = time.monotonic()
+        self._latest_slot: str | None = None  # remote checkpoint slot named by the pointer
 
     # ------------------------------------------------------------ lifecycle
 
@@ -181,7 +188,7 @@ class Tracker:
         tags = self.client.get_run(self.run_id).data.tags
         holder, beat = tags.get("lock.holder"), float(tags.get("lock.heartbeat", "0"))
         me = f"{socket.gethostname()} pid {os.getpid()}"
-        if holder and holder != me and time.time() - beat < HEARTBEAT_STALE:
+        if holder and holder != me and time.time() - beat < HEARTBEAT_STALE and _alive(holder):
             raise UserError(f"run {self.run_id} is being trained by {holder} (heartbeat {time.time() - beat:.0f} s "
                             "ago); not starting a second")
         self.client.set_tag(self.run_id, "lock.holder", me)
@@ -217,8 +224,58 @@ class Tracker:
             self.client.set_tag(self.run_id, key, str(value))
 
     def fetch(self, relpath: str) -> Path:
-        """A run file's local path (on a remote store, downloaded when it is not here yet)."""
-        return self.dir / relpath
+        """A run file's local path; on a remote store it is downloaded when it is not here (a run resumed on
+        another machine). The checkpoint comes from the slot its pointer names, the other slot as the previous."""
+        path = self.dir / relpath
+        if not self.remote_artifacts or path.exists():
+            return path
+        if relpath == CHECKPOINT_FILE:
+            pointer = self._download(REMOTE_POINTER)
+            if pointer is not None:
+                slots = json.loads(pointer.read_text())
+                for slot, local in ((slots["other"], checkpoint_previous(path)), (slots["latest"], path)):
+                    got = self._download(f"{REMOTE_CHECKPOINTS}/{slot}")
+                    if got is not None:
+                        os.replace(got, local)
+                log.info("fetched the checkpoint of run %s from the tracking server", self.run_id)
+            return path
+        got = self._download(relpath)
+        if got is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(got, path)
+        return path
+
+    def _download(self, relpath: str) -> Path | None:
+        """One artifact into a scratch folder under `dir`; None where the run has no such artifact."""
+        scratch = self.dir / ".download"
+        scratch.mkdir(parents=True, exist_ok=True)
+        try:
+            return Path(self.client.download_artifacts(self.run_id, relpath, str(scratch)))
+        except (MlflowException, OSError):
+            return None
+
+    def publish_checkpoint(self) -> None:
+        """On a remote store, upload the checkpoint atomically: to the slot not named by the pointer (a new
+        name), then the pointer (the replace). A kill mid-upload leaves the pointed-to checkpoint whole."""
+        if not self.remote_artifacts:
+            return
+        if self._latest_slot is None:  # first upload of this process: the pointer may name a slot already
+            pointer = self._download(REMOTE_POINTER)
+            self._latest_slot = json.loads(pointer.read_text())["latest"] if pointer is not None else "b.pt"
+        slot_name, other = ("b.pt", "a.pt") if self._latest_slot == "a.pt" else ("a.pt", "b.pt")
+        staging = self.dir / ".upload"
+        staging.mkdir(parents=True, exist_ok=True)
+        slot = staging / slot_name
+        slot.unlink(missing_ok=True)
+        os.link(self.dir / CHECKPOINT_FILE, slot)  # the artifact's name, without copying the file
+        try:
+            self.client.log_artifact(self.run_id, str(slot), REMOTE_CHECKPOINTS)
+        finally:
+            slot.unlink()
+        pointer = staging / Path(REMOTE_POINTER).name
+        pointer.write_text(json.dumps({"latest": slot_name, "other": other}))
+        self.client.log_artifact(self.run_id, str(pointer), REMOTE_CHECKPOINTS)
+        self._latest_slot = slot_name
 
     def publish(self, relpath: str) -> None:
         """Make a file under `dir` an artifact; on a local store it already is one."""
@@ -229,6 +286,20 @@ class Tracker:
     def history(self, key: str) -> list[tuple[int, float]]:
         self.flush()
         return [(m.step, m.value) for m in self.client.get_metric_history(self.run_id, key)]
+
+
+def _alive(holder: str) -> bool:
+    """A holder ('host pid N') on this machine is alive while its process is; elsewhere, its heartbeat says."""
+    host, _, pid = holder.partition(" pid ")
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
 
 
 def environment_tags(device: torch.device) -> dict[str, str]:

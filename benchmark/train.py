@@ -21,11 +21,11 @@ from benchmark.errors import Diverged
 from benchmark.metrics import SMALL_N, Evaluator, headline, provenance, sample_for_eval, sampling_bn, score
 from benchmark.models.common import rng_untouched
 from benchmark.spec import RunSpec
-from benchmark.tracking import Tracker
+from benchmark.tracking import CHECKPOINT_FILE, Tracker
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoints/last.pt"
+CHECKPOINT = CHECKPOINT_FILE
 
 
 def eval_fractions(points: int) -> list[float]:
@@ -132,6 +132,7 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
             **({"cuda_rng": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
             "spec": spec.to_dict(),
         })
+        tracker.publish_checkpoint()  # a remote store holds it too: the run resumes on any machine
         meter.eval_seconds += time.perf_counter() - start  # not charged to the training budget
 
     def evaluate() -> None:

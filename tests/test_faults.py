@@ -338,3 +338,62 @@ def test_fid_of_a_set_with_itself_is_zero_not_round_off(celeba):
     assert values["fid"] == 0.0 or 0.0 < values["fid"] < 1e-6, values["fid"]
     # KID keeps its sign: an unbiased estimate, below 0 here (a set is no independent sample of itself)
     assert values["kid_mean"] < 0
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on 127.0.0.1 with a SQLite backend and proxied artifacts."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
+                               str(tmp_path / "server-artifacts"), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    yield uri
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)
+
+
+def test_a_remote_run_holds_its_checkpoint_and_resumes_on_another_machine(mlflow_server, tmp_path):
+    """The killed run's checkpoint is on the server; a resume with an empty cache (another machine) fetches it
+    and finishes the run, in the same MLflow run."""
+    import mlflow
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "BENCH_CACHE": str(tmp_path / "machine-a")}
+    proc = subprocess.Popen([sys.executable, "-m", "benchmark.cli", *TINY_RUN, "--budget", "4000img", "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    client = MlflowClient(tracking_uri=mlflow_server)
+    deadline, run_id = time.time() + 180, None
+    while time.time() < deadline and run_id is None:
+        for exp in client.search_experiments():
+            for run in client.search_runs([exp.experiment_id]):
+                paths = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints/remote")}
+                if "checkpoints/remote/latest.json" in paths:
+                    run_id = run.info.run_id
+        time.sleep(0.5)
+    time.sleep(1)
+    proc.kill()
+    proc.wait()
+    assert run_id, proc.stderr.read()[-2000:]
+    env["BENCH_CACHE"] = str(tmp_path / "machine-b")  # nothing of machine A's local files
+    resumed = subprocess.run([sys.executable, "-m", "benchmark.cli", "run", "--resume", run_id, "--quiet"],
+                             capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["images_seen"] == 4000
+    mlflow.set_tracking_uri(mlflow_server)
+    steps = [m.step for m in client.get_metric_history(run_id, "loss_d")]
+    assert steps[-1] == 4000 and steps[0] < 2000  # one curve, from the first step of machine A to the end on B
+    assert (tmp_path / "machine-b" / "runs" / run_id / "checkpoints" / "last.pt").is_file()
