@@ -216,7 +216,7 @@ def test_report_renders_in_chromium_with_every_table_and_figure(store):
     rendered = re.search(r'data-figures-rendered="(\d+)"', dom)
     assert rendered and int(rendered.group(1)) == figures >= 10, "every embedded figure decoded in the browser"
     assert dom.count("<table") >= 9 and "EXTRAPOLATION" in dom
-    assert "KID x 1000 at equal cost" in dom and "FID at equal cost (biased upwards at N = 8" in dom
+    assert "KID x 1000 at equal cost" in dom and "FID at equal cost (device-hours) (biased upwards at N = 8" in dom
     shot = report / "screenshot.png"
     chromium(f"--screenshot={shot}", "--window-size=1280,4000", index.as_uri())
     assert shot.is_file() and shot.stat().st_size > 20_000

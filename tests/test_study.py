@@ -101,17 +101,17 @@ def test_six_trials_two_workers_on_postgresql(postgres):
 
 def test_worker_killed_mid_trial_then_rerun_completes(tmp_path):
     storage = str(tmp_path / "journal.log")
-    cmd = _study_cmd(storage, "killed", 3, "--pruner", "none", "--trial-budget", "160img")
+    cmd = _study_cmd(storage, "killed", 3, "--pruner", "none", "--trial-budget", "320img")
     proc = subprocess.Popen([sys.executable, "-m", "benchmark.cli", *cmd], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=os.environ.copy())
     deadline = time.time() + 300
-    while time.time() < deadline:  # kill once the second trial is under way
+    while time.time() < deadline:  # kill once the second trial's MLflow run exists (it is training)
         if os.path.exists(storage):
             trials = optuna.load_study(study_name="killed", storage=study_mod.open_storage(storage)).trials
-            if any(t.number == 1 and t.state == TrialState.RUNNING for t in trials):
+            if any(t.number == 1 and t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs
+                   for t in trials):
                 break
-        time.sleep(0.3)
-    time.sleep(2)
+        time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     bench(*cmd)
