@@ -176,7 +176,9 @@ def build(out: Path, experiments: list[str] | None = None, group: bool = False, 
     sections = []
     for i, part in enumerate(comparable(df, group)):
         tag = "" if i == 0 else f"_{i + 1}"
-        made = ", ".join(f"{k} {part[k].iloc[0]}" for k in (*PROVENANCE, "bn") if k != "weights_sha256")
+        made = ", ".join(f"{k} {part[k].iloc[0]}" for k in PROVENANCE if k != "weights_sha256")
+        modes = sorted(set(part["bn"]) - {"n/a"})
+        made += f", GANs sampled with {'/'.join(modes)} BatchNorm statistics" if modes else ""
         sections.append(f"<h2>Metric set {i + 1}</h2><p class='note'>numbers made the same way: {html.escape(made)}, "
                         f"Inception weights {str(part['weights_sha256'].iloc[0])[:12]}</p>")
         sections += _metric_set(part, tag, out, project_to)

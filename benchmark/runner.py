@@ -81,7 +81,8 @@ def resume(run_id: str, device_name: str = "auto", progress: bool = True, restar
     spec = build_spec(saved["model"], defaults, saved)
     device = pick_device(device_name)
     with terminate_raises(), tracker.hold():
-        if tracker.client.get_run(run_id).info.status == "FINISHED":
+        run = tracker.client.get_run(run_id)
+        if run.info.status == "FINISHED":
             raise UserError(f"run {run_id} already finished its budget; nothing to resume")
         ckpt = tracker.fetch(CHECKPOINT)
         spent = None
@@ -90,17 +91,16 @@ def resume(run_id: str, device_name: str = "auto", progress: bool = True, restar
                 raise UserError(f"run {run_id} has no checkpoint ({ckpt}): nothing to resume from. "
                                 f"bench run --resume {run_id} --restart starts it over in the same MLflow run, "
                                 "charging what it had spent")
-            logged = tracker.client.get_run(run_id).data.metrics
+            logged = run.data.metrics
             spent = {"seconds": 3600 * logged.get("device_hours", 0.0), "flops": 1e15 * logged.get("pflops", 0.0)}
             log.warning("run %s has no checkpoint: starting it over, charged %.4f device-hours already spent",
                         run_id, spent["seconds"] / 3600)
         elif restart:
             raise UserError(f"run {run_id} has a checkpoint: resume it without --restart")
         prepared = prepare_data(spec, progress)
-        if prepared.fingerprint != tracker.client.get_run(run_id).data.tags.get("dataset_fingerprint"):
+        if prepared.fingerprint != run.data.tags.get("dataset_fingerprint"):
             raise UserError(f"the data of run {run_id} changed since it started (fingerprint differs); not resuming")
-        precision = tracker.client.get_run(run_id).data.tags.get("precision") or resolve_precision(spec.precision,
-                                                                                                   device)
+        precision = run.data.tags.get("precision") or resolve_precision(spec.precision, device)
         tracker.mark_resumed()
         if restart:
             tracker.tags({"restarted": "true"})
@@ -138,12 +138,9 @@ def ended(tracker: Tracker) -> Iterator[None]:
         log.info("pruned: %s", err)
         raise
     except (Interrupted, KeyboardInterrupt) as err:
-        name = str(err) if isinstance(err, Interrupted) else "SIGINT"
-        tracker.end("KILLED", f"interrupted by {name}; resume with: bench run --resume {tracker.run_id}")
-        interrupted = err if isinstance(err, Interrupted) else Interrupted(name)
+        interrupted = err if isinstance(err, Interrupted) else Interrupted("SIGINT")
         interrupted.run_id = tracker.run_id
-        if interrupted is err:
-            raise
+        tracker.end("KILLED", f"interrupted by {interrupted}; resume with: bench run --resume {tracker.run_id}")
         raise interrupted from None
     except UserError as err:
         tracker.end("FAILED", str(err))

@@ -302,8 +302,19 @@ def _alive(holder: str) -> bool:
         return True
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), which speed figures need beside them; platform's is often empty."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
 def environment_tags(device: torch.device) -> dict[str, str]:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_model()} x{os.cpu_count()}"
     return {
         "git_commit": git_commit(),
         "device": f"{device.type}:{name}",

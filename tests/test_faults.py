@@ -372,7 +372,7 @@ def test_a_remote_run_holds_its_checkpoint_and_resumes_on_another_machine(mlflow
     import mlflow
 
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "BENCH_CACHE": str(tmp_path / "machine-a")}
-    proc = subprocess.Popen([sys.executable, "-m", "benchmark.cli", *TINY_RUN, "--budget", "4000img", "--quiet"],
+    proc = subprocess.Popen([sys.executable, "-m", "benchmark.cli", *TINY_RUN, "--budget", "12000img", "--quiet"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     client = MlflowClient(tracking_uri=mlflow_server)
     deadline, run_id = time.time() + 180, None
@@ -383,17 +383,21 @@ def test_a_remote_run_holds_its_checkpoint_and_resumes_on_another_machine(mlflow
                 if "checkpoints/remote/latest.json" in paths:
                     run_id = run.info.run_id
         time.sleep(0.5)
-    time.sleep(1)
+    env["BENCH_CACHE"] = str(tmp_path / "machine-b")  # nothing of machine A's local files, nor its file lock
+    # while machine A trains it, its holder tag and heartbeat refuse machine B
+    second = subprocess.run([sys.executable, "-m", "benchmark.cli", "run", "--resume", run_id, "--quiet"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert proc.poll() is None, "machine A finished before machine B asked"
+    assert second.returncode == 2 and "being trained by" in second.stderr, second.stderr[-2000:]
     proc.kill()
     proc.wait()
     assert run_id, proc.stderr.read()[-2000:]
-    env["BENCH_CACHE"] = str(tmp_path / "machine-b")  # nothing of machine A's local files
     resumed = subprocess.run([sys.executable, "-m", "benchmark.cli", "run", "--resume", run_id, "--quiet"],
                              capture_output=True, text=True, env=env, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     run = client.get_run(run_id)
-    assert run.info.status == "FINISHED" and run.data.metrics["images_seen"] == 4000
+    assert run.info.status == "FINISHED" and run.data.metrics["images_seen"] == 12000
     mlflow.set_tracking_uri(mlflow_server)
     steps = [m.step for m in client.get_metric_history(run_id, "loss_d")]
-    assert steps[-1] == 4000 and steps[0] < 2000  # one curve, from the first step of machine A to the end on B
+    assert steps[-1] == 12000 and steps[0] < 6000  # one curve, from the first step of machine A to the end on B
     assert (tmp_path / "machine-b" / "runs" / run_id / "checkpoints" / "last.pt").is_file()
