@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from analysis import plots, scaling, tables
 from analysis.collect import PROVENANCE, collect, comparable
 from benchmark.errors import UserError
-from benchmark.metrics import SMALL_N
+from benchmark.metrics import SMALL_N, leading_metric
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +104,9 @@ def _scaling_table(df: pd.DataFrame, axis: str, project_to: float, targets: list
 
 
 def lead_metric(part: pd.DataFrame) -> str:
-    """KID x 1000 leads a metric set made with fewer than SMALL_N samples (FID is biased upwards there)."""
-    return "kid_x1000" if float(part["eval_samples"].iloc[0]) < SMALL_N else "fid"
+    """The table column of the metric that leads at this set's N (metrics.leading_metric): KID x 1000 below
+    SMALL_N samples, where FID is biased upwards, else FID."""
+    return "kid_x1000" if leading_metric(int(part["eval_samples"].iloc[0])) == "kid_mean" else "fid"
 
 
 def _metric_set(part: pd.DataFrame, tag: str, out: Path, project_to: float) -> list[str]:
