@@ -231,7 +231,6 @@ trend; neither is comparable with papers' 50,000-sample FIDs. Study trials are l
 addEventListener("load", () => document.body.setAttribute("data-figures-rendered",
   [...document.images].filter(i => i.complete && i.naturalWidth > 0).length));</script></body></html>
 """)
-    log.info("report: %s (%d tables)", index, len(list((out / 'tables').glob('*.csv'))))
     if log_run:
         _log_report(out, experiments)
     return index

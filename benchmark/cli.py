@@ -45,6 +45,7 @@ device_option = click.option("--device", default="auto", show_default=True, help
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="facebench", prog_name="bench")
 def cli() -> None:
     """facebench: face generators on CelebA 64x64 under controlled compute budgets, tracked in MLflow."""
 
@@ -186,7 +187,8 @@ def data() -> None:
 @data.command("prepare")
 @click.argument("path")
 @click.option("--split", default="train", show_default=True, help="train, valid, test or all (CelebA layouts).")
-@click.option("--resolution", type=click.Choice(["32", "64", "128"]), default="64", show_default=True)
+@click.option("--resolution", type=click.Choice(["32", "64", "128"]), default="64", show_default=True,
+              help="Side in pixels of the square images the set is prepared at.")
 @quiet_option
 def data_prepare(path, split, resolution, quiet) -> None:
     """Decode, crop and resize PATH once into a memory-mapped uint8 array."""
@@ -199,8 +201,9 @@ def data_prepare(path, split, resolution, quiet) -> None:
 
 @data.command("info")
 @click.argument("path")
-@click.option("--split", default="train", show_default=True)
-@click.option("--resolution", type=click.Choice(["32", "64", "128"]), default="64", show_default=True)
+@click.option("--split", default="train", show_default=True, help="train, valid, test or all (CelebA layouts).")
+@click.option("--resolution", type=click.Choice(["32", "64", "128"]), default="64", show_default=True,
+              help="Side in pixels of the square images the set is prepared at.")
 def data_info(path, split, resolution) -> None:
     """Show what the prepared cache of PATH holds (prepares it first if needed)."""
     from benchmark.data import prepare
@@ -222,7 +225,8 @@ def data_info(path, split, resolution) -> None:
               "MLflow store) or a database URL, e.g. postgresql+psycopg2://user@host/db for many machines.")
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
               help="Worker processes on this machine; the same command elsewhere joins the study.")
-@click.option("--sampler", type=click.Choice(["tpe", "random", "cmaes"]), default="tpe", show_default=True)
+@click.option("--sampler", type=click.Choice(["tpe", "random", "cmaes"]), default="tpe", show_default=True,
+              help="Optuna's sampler: TPE (Bayesian), random search, or CMA-ES.")
 @click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]), default="median", show_default=True,
               help="Stops hopeless trials early on the FID reported at each eval point.")
 @click.option("--space", "space_file", help="Search space TOML; default experiments/studies/MODEL.toml.")
@@ -263,7 +267,7 @@ def study(model, trials, trial_budget, study_name, storage, workers, sampler, pr
 @cli.command()
 @click.option("--experiment", "experiments", multiple=True,
               help="MLflow experiment(s) to report on; repeatable. Default: every experiment with FIDs.")
-@click.option("--out", default="report", show_default=True, type=click.Path(file_okay=False),
+@click.option("--out", default="bench-report", show_default=True, type=click.Path(file_okay=False),
               help="Folder for index.html, tables/ (Markdown + CSV) and figures/.")
 @click.option("--group", is_flag=True, help="Report metric sets made differently (N, split, weights, data) "
               "side by side instead of refusing to mix them.")
@@ -295,7 +299,8 @@ def report(experiments, out, group, project_to, include_trials, tracking_uri, qu
 @click.option("--set", "overrides", multiple=True, metavar="[MODEL:]KEY=VALUE",
               help="Override for every model (key=value) or one (ddpm:ch=32). Repeatable.")
 @click.option("--experiment-name", help="MLflow experiment for the runs; default compare-<date-time>.")
-@click.option("--out", default="report", show_default=True, type=click.Path(file_okay=False))
+@click.option("--out", default="bench-report", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the report (index.html, tables/, figures/); not report/, the committed one.")
 @device_option
 @tracking_option
 @quiet_option
@@ -319,13 +324,16 @@ def compare(models, budget, data, seeds, overrides, experiment_name, out, device
 @click.option("--data", envvar="BENCH_DATA", default="../shared/data/celeba-sample", show_default=True,
               help="CelebA folder for the tutorial pipeline to decode.")
 @click.option("--steps", type=click.IntRange(1), default=8, show_default=True, help="Timed steps per path.")
-@click.option("--batch-size", type=click.IntRange(2), default=128, show_default=True)
+@click.option("--batch-size", type=click.IntRange(2), default=128, show_default=True,
+              help="Batch of the DCGAN paths compared (ours and the tutorial's).")
 @click.option("--inception", is_flag=True, help="Also time evaluation: ours vs PNGs + torch-fidelity on a folder.")
-@click.option("--eval-images", type=click.IntRange(16), default=64, show_default=True)
+@click.option("--eval-images", type=click.IntRange(16), default=64, show_default=True,
+              help="With --inception: images scored by each evaluation route.")
 @click.option("--families", "all_families", is_flag=True,
               help="Also every family (dcgan, wgan-gp, ddpm, ldm) at its defaults: train and sample images/s, "
               "fraction of peak; and our DDPM step vs diffusers' (pip install 'facebench[bench]').")
-@click.option("--family-batch-size", type=click.IntRange(2), default=16, show_default=True)
+@click.option("--family-batch-size", type=click.IntRange(2), default=16, show_default=True,
+              help="With --families: the batch every family trains and samples at.")
 def calibrate(data, steps, batch_size, inception, eval_images, all_families, family_batch_size) -> None:
     """Measure training images/s of our path vs the usual tutorial pipeline, and the fraction of peak FLOP/s."""
     from benchmark import calibrate as cal
@@ -340,8 +348,9 @@ def calibrate(data, steps, batch_size, inception, eval_images, all_families, fam
 
 
 @cli.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=5000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to serve on; 127.0.0.1 keeps the UI on this machine (0.0.0.0 opens it to the network).")
+@click.option("--port", default=5000, show_default=True, help="Port of the UI.")
 @tracking_option
 def ui(host, port, tracking_uri) -> None:
     """Open the MLflow UI on this project's store (127.0.0.1 by default)."""

@@ -17,7 +17,7 @@ from benchmark.errors import UserError
 from benchmark.loss_plot import plot_losses
 from benchmark.metrics import headline
 from benchmark.models import family
-from benchmark.models.common import pick_device, resolve_precision
+from benchmark.models.common import pick_device, precision_reason, resolve_precision
 from benchmark.spec import RunSpec, build_spec, load_toml
 from benchmark.tracking import Tracker, environment_tags, runs_table_url
 from benchmark.train import CHECKPOINT, Interrupted, train
@@ -41,6 +41,7 @@ def start(spec: RunSpec, device_name: str = "auto", experiment_name: str | None 
     cls, _ = family(spec.model)
     prepared = prepare_data(spec, progress)
     precision = resolve_precision(spec.precision, device)
+    log.info("precision %s", precision_reason(spec.precision, precision, device))
     tags = {
         **environment_tags(device),
         "budget": spec.budget,

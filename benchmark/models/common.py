@@ -38,6 +38,16 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if cpu_has_fast_bf16() else "fp32"
 
 
+def precision_reason(precision: str, picked: str, device: torch.device) -> str:
+    """Why a run computes in `picked`: said at its start, since machines of one kind differ."""
+    if precision != "auto":
+        return f"{picked} (set by precision = {precision})"
+    if device.type == "cuda":
+        return f"{picked} (auto: compute capability {'.'.join(map(str, torch.cuda.get_device_capability(device)))})"
+    why = "this CPU has AMX or AVX512-BF16" if picked == "bf16" else "no AMX/AVX512-BF16 on this CPU: bf16 is slow"
+    return f"{picked} (auto: {why})"
+
+
 def autocast(device: torch.device, precision: str) -> AbstractContextManager:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
