@@ -267,8 +267,8 @@ def study(model, trials, trial_budget, study_name, storage, workers, sampler, pr
 @cli.command()
 @click.option("--experiment", "experiments", multiple=True,
               help="MLflow experiment(s) to report on; repeatable. Default: every experiment with FIDs.")
-@click.option("--out", default="bench-report", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for index.html, tables/ (Markdown + CSV) and figures/.")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Folder for index.html, tables/ (Markdown + CSV) and figures/. Default: reports/<experiment>.")
 @click.option("--group", is_flag=True, help="Report metric sets made differently (N, split, weights, data) "
               "side by side instead of refusing to mix them.")
 @click.option("--project-to", type=float, default=58.0, show_default=True,
@@ -286,6 +286,7 @@ def report(experiments, out, group, project_to, include_trials, tracking_uri, qu
 
     _setup_logging(quiet)
     _tracking(tracking_uri)
+    out = out or Path("reports") / ("+".join(experiments) if experiments else "all")
     index = build(out, list(experiments) or None, group, project_to, include_trials=include_trials)
     click.echo(f"report: {index}")
 
@@ -299,8 +300,8 @@ def report(experiments, out, group, project_to, include_trials, tracking_uri, qu
 @click.option("--set", "overrides", multiple=True, metavar="[MODEL:]KEY=VALUE",
               help="Override for every model (key=value) or one (ddpm:ch=32). Repeatable.")
 @click.option("--experiment-name", help="MLflow experiment for the runs; default compare-<date-time>.")
-@click.option("--out", default="bench-report", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for the report (index.html, tables/, figures/); not report/, the committed one.")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Folder for the report (index.html, tables/, figures/). Default: reports/<experiment name>.")
 @device_option
 @tracking_option
 @quiet_option

@@ -28,7 +28,7 @@ def split_overrides(models: list[str], overrides: tuple[str, ...]) -> dict[str, 
 
 
 def compare(models: list[str], budget: str, data: str | None, seeds: int, overrides: tuple[str, ...],
-            experiment_name: str | None, out: Path, device: str = "auto", progress: bool = True) -> Path:
+            experiment_name: str | None, out: Path | None, device: str = "auto", progress: bool = True) -> Path:
     from analysis.report import build
     from benchmark import runner
     from benchmark.models import family, resolve
@@ -43,17 +43,19 @@ def compare(models: list[str], budget: str, data: str | None, seeds: int, overri
             specs.append((typed, build_spec(name, defaults, experiment, per_model[typed],
                                             {"data": data, "budget": budget, "seed": seed})))
     experiment_name = experiment_name or f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = Path(out) if out else Path("reports") / experiment_name
     failed = []
     for i, (typed, spec) in enumerate(specs, 1):
         log.info("[%d/%d] %s seed %d, budget %s", i, len(specs), typed, spec.seed, budget)
         try:
-            runner.start(spec, device, experiment_name, f"{typed}-seed{spec.seed}", progress,
-                         extra_tags={"compare": experiment_name})
+            runner.start(spec, device, experiment_name, None, progress,
+                         extra_tags={"compare": experiment_name, **({"model_alias": typed} if typed != spec.model
+                                                                    else {})})
         except UserError:
             raise
         except Exception as err:  # one model failing (e.g. diverging) must not lose the others
             log.warning("%s seed %d failed: %s", typed, spec.seed, err)
-            failed.append(f"{typed}-seed{spec.seed}")
+            failed.append(runner.default_run_name(spec, {"model_alias": typed}))
     if failed:
         log.warning("failed runs (kept in MLflow as FAILED): %s", ", ".join(failed))
     return build(out, [experiment_name])

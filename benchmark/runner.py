@@ -58,7 +58,8 @@ def start(spec: RunSpec, device_name: str = "auto", experiment_name: str | None 
         **(extra_tags or {}),
     }
     with terminate_raises():
-        tracker = Tracker.create(experiment_name or spec.model, run_name, spec.flat_params(), tags)
+        tracker = Tracker.create(experiment_name or spec.model, run_name or default_run_name(spec, extra_tags),
+                                 spec.flat_params(), tags)
         with ended(tracker), tracker.hold():
             (tracker.dir / "spec.toml").write_text(spec.to_toml())
             tracker.publish("spec.toml")
@@ -68,6 +69,12 @@ def start(spec: RunSpec, device_name: str = "auto", experiment_name: str | None 
                 on_tracker(tracker)
             _train_tracked(spec, cls, device, precision, prepared, tracker, progress, on_eval)
     return tracker.run_id
+
+
+def default_run_name(spec: RunSpec, extra_tags: dict | None = None) -> str:
+    """A name a person can read in the MLflow UI: model (or its alias), budget, seed: dcgan-2m-s0."""
+    typed = (extra_tags or {}).get("model_alias", spec.model)
+    return f"{typed}-{spec.budget.replace('|', '+')}-s{spec.seed}"
 
 
 def resume(run_id: str, device_name: str = "auto", progress: bool = True, restart: bool = False) -> str:

@@ -247,10 +247,10 @@ def test_mlflow_ui_lists_the_runs_and_their_fid(store):
         def listed(query: str = "") -> list[str]:
             dom = chromium("--window-size=2400,1400", "--virtual-time-budget=30000", "--dump-dom",
                            base + query).stdout
-            return re.findall(r"(dcgan|wgan-gp|ddpm)-seed0", re.sub(r"<[^>]+>", " ", dom))
+            return re.findall(r"(dcgan|wgan-gp|ddpm)-128img-s0", re.sub(r"<[^>]+>", " ", dom))
 
         runs = store["client"].search_runs([store["experiment_id"]], order_by=["metrics.fid ASC"])
-        by_fid = [r.info.run_name.removesuffix("-seed0") for r in runs]
+        by_fid = [r.info.run_name.removesuffix("-128img-s0") for r in runs]
         assert sorted(by_fid) == ["dcgan", "ddpm", "wgan-gp"]
         # every run listed, in the order of their FIDs: the UI shows and sorts on the metric
         assert listed("?orderByKey=metrics.%60fid%60&orderByAsc=true") == by_fid

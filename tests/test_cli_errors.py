@@ -57,3 +57,24 @@ def test_corrupt_jpeg_among_good_ones_is_skipped_and_counted(celeba, tmp_path, c
 def test_help_lists_models_and_budget_forms():
     out = bench("run", "--help").stdout  # a real process: the installed entry point works
     assert "dcgan" in out and "58h" in out and "--resume" in out
+
+
+def test_every_command_has_help_and_every_option_says_what_it_does():
+    import click
+    from click.testing import CliRunner
+
+    from benchmark.cli import cli
+
+    missing, runner = [], CliRunner()
+
+    def walk(command: click.Command, path: list[str]) -> None:
+        result = runner.invoke(cli, [*path, "--help"])
+        assert result.exit_code == 0 and "Usage:" in result.output, (path, result.output)
+        for param in command.params:
+            if isinstance(param, click.Option) and not param.hidden and not param.help:
+                missing.append(f"bench {' '.join(path)} {param.opts[0]}")
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, [*path, name])
+
+    walk(cli, [])
+    assert not missing, missing
