@@ -32,7 +32,9 @@ def collect(experiments: list[str] | None = None, client: MlflowClient | None = 
     if experiments:
         missing = set(experiments) - {e.name for e in found}
         if missing:
-            raise UserError(f"no MLflow experiment named {', '.join(sorted(missing))} in this store")
+            names = sorted(e.name for e in found if e.name not in ("Default", "reports"))
+            raise UserError(f"no MLflow experiment named {', '.join(sorted(missing))} in this store; it has: "
+                            f"{', '.join(names) or 'none yet'}")
         found = [e for e in found if e.name in experiments]
     rows, params = [], {}
     for exp in found:

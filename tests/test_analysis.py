@@ -191,6 +191,8 @@ def test_metrics_made_differently_are_refused_or_grouped(store):
     with pytest.raises(UserError, match="not made the same way.*eval_samples"):
         comparable(df)
     assert sorted(len(g) for g in comparable(df, group=True)) == [1, len(df) - 1]
+    proc = store["bench"]("report", "--experiment", "smoke-ddpm", "--quiet", check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "it has: cmp, curves" in proc.stderr
     proc = store["bench"]("report", "--out", "mixed", "--quiet", check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "not made the same way" in proc.stderr
     proc = store["bench"]("report", "--out", "grouped", "--group", "--quiet")
