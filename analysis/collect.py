@@ -52,10 +52,14 @@ def collect(experiments: list[str] | None = None, client: MlflowClient | None = 
     return label_curves(df, params)
 
 
+def training_params(params: dict[str, str]) -> dict[str, str]:
+    """The params that decide what is trained: the spec without its seed, logging and eval.* settings."""
+    return {k: v for k, v in params.items() if k not in NOT_TRAINING and not k.startswith("eval.")}
+
+
 def curve_key(params: dict[str, str]) -> str:
-    """The training spec without its seed: runs that share it are seeds of one curve."""
-    kept = {k: v for k, v in params.items() if k not in NOT_TRAINING and not k.startswith("eval.")}
-    return json.dumps(kept, sort_keys=True)
+    """Runs that share it are seeds of one curve."""
+    return json.dumps(training_params(params), sort_keys=True)
 
 
 def label_curves(df: pd.DataFrame, params: dict[str, dict[str, str]]) -> pd.DataFrame:
@@ -66,15 +70,15 @@ def label_curves(df: pd.DataFrame, params: dict[str, dict[str, str]]) -> pd.Data
     df["family"] = df["model"]
     df["model"] = df["model"].astype(str)
     for fam, runs in df.groupby("family", sort=True):
-        keys = runs.drop_duplicates("curve")["run_id"]
-        if len(keys) == 1:
+        first = runs.drop_duplicates("curve").set_index("curve")["run_id"]  # one run speaks for its curve
+        if len(first) == 1:
             continue
-        specs = {run_id: {k: v for k, v in params[run_id].items() if k not in NOT_TRAINING} for run_id in keys}
+        specs = {curve: training_params(params[run_id]) for curve, run_id in first.items()}
         fields = sorted({k for spec in specs.values() for k in spec}, key=_field_order)
         differing = [k for k in fields if len({spec.get(k) for spec in specs.values()}) > 1]
-        for run_id, spec in specs.items():
-            label = " ".join(f"{k}={spec.get(k)}" for k in differing[:4]) + (" ..." if len(differing) > 4 else "")
-            df.loc[df["curve"] == df.loc[df["run_id"] == run_id, "curve"].iloc[0], "model"] = f"{fam} {label}"
+        labels = {curve: f"{fam} " + " ".join(f"{k}={spec.get(k)}" for k in differing[:4])
+                  + (" ..." if len(differing) > 4 else "") for curve, spec in specs.items()}
+        df.loc[runs.index, "model"] = runs["curve"].map(labels)
     return df
 
 

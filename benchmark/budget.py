@@ -131,8 +131,12 @@ class Meter:
         images budgets count the images this run reads)."""
         self.device_seconds += seconds
         self.flops += flops
+        self.add_to_stage(stage, images, seconds, flops)
+
+    def add_to_stage(self, stage: str | None, images: int, device_seconds: float, flops: float) -> None:
+        """Multi-stage families (ldm) log each stage's cost apart; the totals hold them all."""
         if stage is not None:
-            for key, value in (("images", images), ("device_seconds", seconds), ("flops", flops)):
+            for key, value in (("images", images), ("device_seconds", device_seconds), ("flops", flops)):
                 self.extra[f"{stage}_{key}"] = self.extra.get(f"{stage}_{key}", 0) + value
 
     def state_dict(self) -> dict:

@@ -14,6 +14,8 @@ from benchmark.errors import UserError
 
 log = logging.getLogger(__name__)
 
+LAST = "checkpoints/last.pt"  # a run's checkpoint, relative to its artifact folder
+
 
 def previous(path: Path) -> Path:
     """checkpoints/last.pt -> checkpoints/last.prev.pt: the checkpoint written before the last."""
@@ -32,13 +34,14 @@ def save(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def load(path: Path) -> dict[str, Any]:
-    """A checkpoint, unpickled with weights_only=True; a damaged or foreign file is one line naming it."""
+def load(path: Path, what: str = "checkpoint") -> Any:
+    """A file unpickled with weights_only=True only (a pickle that would run code is refused, never run); a
+    damaged or foreign file is one line naming it and `what` it should have been."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - truncated zip, bad pickle, not a checkpoint: all one line
+    except Exception as err:  # noqa: BLE001 - truncated zip, bad pickle, code in the pickle: all one line
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise UserError(f"checkpoint {path} cannot be read ({reason[:160]})") from None
+        raise UserError(f"{what} {path} cannot be read with weights_only=True ({reason[:160]})") from None
 
 
 def exists(path: Path) -> bool:

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from benchmark.errors import UserError
+from benchmark.spec import CHOICES
 
 log = logging.getLogger("benchmark")
 
@@ -37,7 +38,7 @@ def _models_help() -> str:
 tracking_option = click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
                                help="MLflow store; default: mlflow.db + ./mlruns in the working directory.")
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bars; warnings only.")
-bn_option = click.option("--bn", type=click.Choice(["standing", "batch", "running"]),
+bn_option = click.option("--bn", type=click.Choice(CHOICES["eval.bn"]),
                          help="GANs: BatchNorm statistics G samples with (default: the run's eval.bn). standing: "
                          "recomputed from fresh noise (BigGAN); batch: train mode (the tutorials); running: the "
                          "running averages, grey early in training.")

@@ -125,18 +125,15 @@ def _folder_listing(root: Path, split: str) -> _Listing:
             names = [str(Path(e.path).relative_to(root)) for e in entries]
             stamp = ";".join(f"{e.name}:{e.stat().st_size}:{e.stat().st_mtime_ns}" for e in entries)
             return _Listing(kind, names, lambda n: (root / n).read_bytes(), stamp)
-    names, unreadable = _walk(root)
-    stamps = []
-    for n in names:
-        st = (root / n).stat()
-        stamps.append(f"{n}:{st.st_size}:{st.st_mtime_ns}")
-    return _Listing("folder", names, lambda n: (root / n).read_bytes(), ";".join(stamps), unreadable)
+    found, unreadable = _walk(root)
+    stamp = ";".join(f"{n}:{st.st_size}:{st.st_mtime_ns}" for n, st in found)
+    return _Listing("folder", [n for n, _ in found], lambda n: (root / n).read_bytes(), stamp, unreadable)
 
 
-def _walk(root: Path) -> tuple[list[str], list[str]]:
-    """Image files under root (relative names, sorted) and what could not be listed: unreadable folders,
-    broken links and link loops, each '<name> (<reason>)'. Links to folders are not followed (no cycles)."""
-    names, unreadable = [], []
+def _walk(root: Path) -> tuple[list[tuple[str, os.stat_result]], list[str]]:
+    """Image files under root (relative name and stat, sorted) and what could not be listed: unreadable
+    folders, broken links and link loops, each '<name> (<reason>)'. Links to folders are not followed."""
+    found, unreadable = [], []
 
     def on_error(err: OSError) -> None:
         unreadable.append(f"{_show(os.path.relpath(err.filename, root))} ({type(err).__name__}: {err.strerror})")
@@ -147,13 +144,13 @@ def _walk(root: Path) -> tuple[list[str], list[str]]:
             if Path(file).suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             try:
-                if not stat.S_ISREG(os.stat(path).st_mode):
-                    continue
+                st = os.stat(path)
             except OSError as err:  # a link loop (ELOOP) or a broken link
                 unreadable.append(f"{_show(os.path.relpath(path, root))} ({type(err).__name__}: {err.strerror})")
                 continue
-            names.append(os.path.relpath(path, root))
-    return sorted(names), unreadable
+            if stat.S_ISREG(st.st_mode):
+                found.append((os.path.relpath(path, root), st))
+    return sorted(found, key=lambda f: f[0]), unreadable
 
 
 def _show(name: str) -> str:

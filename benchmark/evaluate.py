@@ -20,7 +20,6 @@ from benchmark.models import family
 from benchmark.models.common import pick_device
 from benchmark.spec import build_spec, load_toml
 from benchmark.tracking import Tracker
-from benchmark.train import CHECKPOINT
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +40,8 @@ def parse_steps(text: str) -> list[int]:
 
 def load_run(run_id: str, device_name: str = "auto"):
     """A run's tracker, spec and model restored from its latest checkpoint; returns (tracker, spec, model, state)."""
-    tracker = Tracker(run_id) if _exists(run_id) else None
-    if tracker is None:
-        raise UserError(f"no MLflow run {run_id!r} in this tracking store")
-    ckpt_path = tracker.fetch(CHECKPOINT)
+    tracker = Tracker.open(run_id)
+    ckpt_path = tracker.fetch(checkpoint.LAST)
     state = checkpoint.load_latest(ckpt_path)
     if state is None:
         raise UserError(f"run {run_id} has no checkpoint yet ({ckpt_path})")
@@ -127,17 +124,6 @@ def eval_run(run_id: str, samples: int | None = None, device_name: str = "auto",
                   "sampler_sweep.sampler": f"{spec.sampler} eta={spec.sampler_eta}"})
     tracker.flush()
     return {"run_id": run_id, "images_seen": step, "eval_samples": n, "sweep": sweep}
-
-
-def _exists(run_id: str) -> bool:
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    try:
-        MlflowClient().get_run(run_id)
-        return True
-    except MlflowException:
-        return False
 
 
 def eval_sets(real: str, fake: str, samples: int | None = None, split: str = "train", resolution: int = 64,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from benchmark import checkpoint
 from benchmark.data import cache_root
 from benchmark.errors import UserError
 
@@ -47,12 +48,7 @@ def _sha256(path: Path) -> str:
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
     """The weights file as a state dict, unpickled with weights_only=True only: a file that holds anything
     but tensors (code included) is refused in one line, never run."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError...: all one line
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"Inception weights {path} refused: not a plain state dict of tensors "
-                        f"(loaded with weights_only=True): {reason[:200]}") from None
+    state = checkpoint.load(path, "refused: Inception weights")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"Inception weights {path} refused: not a state dict of tensors")
     return state

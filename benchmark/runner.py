@@ -20,7 +20,7 @@ from benchmark.models import family
 from benchmark.models.common import pick_device, precision_reason, resolve_precision
 from benchmark.spec import RunSpec, build_spec, load_toml
 from benchmark.tracking import Tracker, environment_tags, runs_table_url
-from benchmark.train import CHECKPOINT, Interrupted, train
+from benchmark.train import Interrupted, train
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def resume(run_id: str, device_name: str = "auto", progress: bool = True, restar
         run = tracker.client.get_run(run_id)
         if run.info.status == "FINISHED":
             raise UserError(f"run {run_id} already finished its budget; nothing to resume")
-        ckpt = tracker.fetch(CHECKPOINT)
+        ckpt = tracker.fetch(checkpoint.LAST)
         spent = None
         if not checkpoint.exists(ckpt):
             if not restart:
@@ -160,16 +160,11 @@ def ended(tracker: Tracker) -> Iterator[None]:
 
 def reused_autoencoder(run_id: str) -> tuple[dict, dict]:
     """An earlier ldm run's autoencoder weights and what training it cost (its autoencoder_* metrics)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        earlier = Tracker(run_id)
-    except MlflowException:
-        raise UserError(f"autoencoder_run: no MLflow run {run_id!r} in this store") from None
-    path = earlier.dir / CHECKPOINT
-    if not path.is_file():
+    earlier = Tracker.open(run_id)
+    saved = checkpoint.load_latest(earlier.fetch(checkpoint.LAST))
+    if saved is None:
         raise UserError(f"autoencoder_run: run {run_id} has no checkpoint")
-    state = checkpoint.load(path)["model"]
+    state = saved["model"]
     if "ae" not in state:
         raise UserError(f"autoencoder_run: run {run_id} is not an ldm run")
     metrics = earlier.client.get_run(run_id).data.metrics
@@ -193,7 +188,7 @@ def _train_tracked(spec: RunSpec, cls: type, device: torch.device, precision: st
     per_epoch = {k: tracker.history(f"{k}_epoch") for k in losses}
     plot_losses(per_iteration, per_epoch, tracker.dir / "plots/losses.png", title=f"{spec.model} - {spec.budget}")
     tracker.publish("plots/losses.png")
-    tracker.tags({"final_checkpoint": "checkpoints/last.pt", "images_seen": meter.images_seen,
+    tracker.tags({"final_checkpoint": checkpoint.LAST, "images_seen": meter.images_seen,
                   "device_hours": f"{meter.device_hours:.6f}"})
     tracker.end("FINISHED")
     final = tracker.client.get_run(tracker.run_id).data.metrics

@@ -22,14 +22,13 @@ from mlflow.entities import Metric, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from benchmark.checkpoint import previous as checkpoint_previous
+from benchmark import checkpoint
 from benchmark.data import cache_root
 from benchmark.errors import UserError
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_STALE = 120.0  # seconds without a heartbeat after which a remote run's holder counts as gone
-CHECKPOINT_FILE = "checkpoints/last.pt"
 # On a remote store the checkpoint alternates between two slots; the pointer names the complete one.
 REMOTE_CHECKPOINTS = "checkpoints/remote"
 REMOTE_POINTER = f"{REMOTE_CHECKPOINTS}/latest.json"
@@ -136,10 +135,9 @@ class Tracker:
         if not run_id or not run_id.strip():
             raise UserError("an empty run id; give the id of an MLflow run (bench run --resume RUN_ID)")
         try:
-            MlflowClient().get_run(run_id)
+            return cls(run_id)
         except MlflowException:
             raise UserError(f"no MLflow run {run_id!r} in {mlflow.get_tracking_uri()}") from None
-        return cls(run_id)
 
     def mark_resumed(self) -> None:
         """RUNNING again, one more resume counted; an earlier failure's reason is kept as history."""
@@ -229,11 +227,11 @@ class Tracker:
         path = self.dir / relpath
         if not self.remote_artifacts or path.exists():
             return path
-        if relpath == CHECKPOINT_FILE:
+        if relpath == checkpoint.LAST:
             pointer = self._download(REMOTE_POINTER)
             if pointer is not None:
                 slots = json.loads(pointer.read_text())
-                for slot, local in ((slots["other"], checkpoint_previous(path)), (slots["latest"], path)):
+                for slot, local in ((slots["other"], checkpoint.previous(path)), (slots["latest"], path)):
                     got = self._download(f"{REMOTE_CHECKPOINTS}/{slot}")
                     if got is not None:
                         os.replace(got, local)
@@ -267,7 +265,7 @@ class Tracker:
         staging.mkdir(parents=True, exist_ok=True)
         slot = staging / slot_name
         slot.unlink(missing_ok=True)
-        os.link(self.dir / CHECKPOINT_FILE, slot)  # the artifact's name, without copying the file
+        os.link(self.dir / checkpoint.LAST, slot)  # the artifact's name, without copying the file
         try:
             self.client.log_artifact(self.run_id, str(slot), REMOTE_CHECKPOINTS)
         finally:

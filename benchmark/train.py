@@ -21,11 +21,9 @@ from benchmark.errors import Diverged
 from benchmark.metrics import SMALL_N, Evaluator, headline, provenance, sample_for_eval, sampling_bn, score
 from benchmark.models.common import rng_untouched
 from benchmark.spec import RunSpec
-from benchmark.tracking import CHECKPOINT_FILE, Tracker
+from benchmark.tracking import Tracker
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT = CHECKPOINT_FILE
 
 
 def eval_fractions(points: int) -> list[float]:
@@ -104,7 +102,7 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
     budget = spec.budget_obj
     meter = Meter(dataset_size=len(data))
     loop = LoopState()
-    ckpt_path = tracker.dir / CHECKPOINT
+    ckpt_path = tracker.dir / checkpoint.LAST
     state = checkpoint.load_latest(ckpt_path)
     if state is None and spent:  # --restart: the run starts over, charged with what it had spent
         meter.charge(None, 0, spent["seconds"], spent["flops"])
@@ -145,9 +143,12 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
         nonlocal evaluator, real
         start = time.perf_counter()
         step = meter.images_seen
+        if hasattr(model, "sampling_generator"):  # standing BatchNorm statistics: once per checkpoint, not per image
+            model.sampling_generator()
         fixed = torch.Generator().manual_seed(spec.seed + 12345)
+        grid_start = time.perf_counter()
         grid = model.sample(spec.eval["grid"], fixed)
-        grid_seconds = time.perf_counter() - start
+        grid_seconds = time.perf_counter() - grid_start
         rel = f"samples/grid_{step:010d}.png"
         save_grid(grid, tracker.dir / rel)
         tracker.publish(rel)
@@ -212,14 +213,11 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
             seconds = time.perf_counter() - start
             flops = n * model.flops_per_train_image()
             meter.add_step(n, seconds, flops / n)
-            stage = getattr(model, "stage", None)
-            if stage is not None:  # multi-stage families: each stage's cost apart, and the total
-                for key, value in (("images", n), ("device_seconds", seconds * meter.devices), ("flops", flops)):
-                    meter.extra[f"{stage}_{key}"] = meter.extra.get(f"{stage}_{key}", 0) + value
-            for charge in getattr(model, "charges", []):  # one-off work (ldm: encoding, a reused autoencoder)
+            meter.add_to_stage(getattr(model, "stage", None), n, seconds * meter.devices, flops)
+            charges = getattr(model, "charges", [])  # one-off work (ldm: encoding, a reused autoencoder)
+            for charge in charges:
                 meter.charge(**charge)
-            if getattr(model, "charges", None):
-                model.charges = []
+            charges.clear()
 
             for key, value in losses.items():
                 loop.epoch_sums[key] = loop.epoch_sums.get(key, 0.0) + value
