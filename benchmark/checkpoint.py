@@ -29,8 +29,14 @@ def save(path: Path, state: dict[str, Any]) -> None:
     torch.save(state, tmp)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
-    if path.exists():
-        os.replace(path, previous(path))
+    if path.exists():  # the last becomes the previous without a moment where last.pt is missing
+        staged = previous(path).with_name(previous(path).name + ".partial")
+        staged.unlink(missing_ok=True)
+        try:
+            os.link(path, staged)
+            os.replace(staged, previous(path))
+        except OSError:  # a file system without hard links: rename (a kill right here falls back to .prev)
+            os.replace(path, previous(path))
     os.replace(tmp, path)
 
 

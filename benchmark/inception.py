@@ -22,6 +22,7 @@ import torch
 from benchmark import checkpoint
 from benchmark.data import cache_root
 from benchmark.errors import UserError
+from benchmark.filelock import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -137,10 +138,15 @@ def resolve_weights() -> InceptionWeights:
     dest = cache_root() / "inception" / "weights-inception-2015-12-05-from-fid-helper.pth"
     sidecar = dest.with_suffix(".json")
     if not (dest.is_file() and sidecar.is_file()):
-        log.info("converting the TensorFlow Inception graph from %s into torch-fidelity weights (once)", source)
-        convert_torchscript(source, dest)
-        sidecar.write_text(json.dumps({"source": str(source), "source_sha256": _sha256(source),
-                                       "sha256": _sha256(dest), "has_logits": False}))
+        with file_lock(dest.with_suffix(".lock")):  # workers of a compare or study start together: one converts
+            if not (dest.is_file() and sidecar.is_file()):
+                log.info("converting the TensorFlow Inception graph from %s into torch-fidelity weights (once)",
+                         source)
+                convert_torchscript(source, dest)
+                tmp = sidecar.with_suffix(".partial")
+                tmp.write_text(json.dumps({"source": str(source), "source_sha256": _sha256(source),
+                                           "sha256": _sha256(dest), "has_logits": False}))
+                os.replace(tmp, sidecar)
     meta = json.loads(sidecar.read_text())
     return InceptionWeights(dest, meta["sha256"], False, "converted-fid-helper")
 
