@@ -8,6 +8,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from benchmark.errors import UserError
+from benchmark.tracking import find_experiments
 
 # Metrics logged at every eval point (step = images seen) that the table carries.
 METRICS = ("images_seen", "epochs", "device_hours", "pflops", "steps", "sample_nfe", "sample_seconds_per_image",
@@ -28,14 +29,7 @@ def collect(experiments: list[str] | None = None, client: MlflowClient | None = 
     """Every run with at least one FID in the named experiments (study and report parents never, study trials
     only with include_trials). `model` names a curve: one training spec, its seeds pooled (see curves)."""
     client = client or MlflowClient()
-    found = client.search_experiments()
-    if experiments:
-        missing = set(experiments) - {e.name for e in found}
-        if missing:
-            names = sorted(e.name for e in found if e.name not in ("Default", "reports"))
-            raise UserError(f"no MLflow experiment named {', '.join(sorted(missing))} in this store; it has: "
-                            f"{', '.join(names) or 'none yet'}")
-        found = [e for e in found if e.name in experiments]
+    found = find_experiments(experiments, client) if experiments else client.search_experiments()
     rows, params = [], {}
     for exp in found:
         for run in client.search_runs([exp.experiment_id], max_results=5000):

@@ -17,6 +17,7 @@ from analysis import plots, scaling, tables
 from analysis.collect import PROVENANCE, collect, comparable
 from benchmark.errors import UserError
 from benchmark.metrics import SMALL_N, leading_metric
+from benchmark.tracking import ensure_experiment
 
 log = logging.getLogger(__name__)
 
@@ -239,8 +240,7 @@ addEventListener("load", () => document.body.setAttribute("data-figures-rendered
 def _log_report(out: Path, experiments: list[str] | None) -> None:
     """The report folder as artifacts of a run in the "reports" experiment."""
     client = MlflowClient()
-    exp = client.get_experiment_by_name(REPORT_EXPERIMENT)
-    exp_id = exp.experiment_id if exp else client.create_experiment(REPORT_EXPERIMENT)
+    exp_id = ensure_experiment(client, REPORT_EXPERIMENT)
     run = client.create_run(exp_id, run_name="report", tags={"report": "true",
                                                              "report.experiments": ",".join(experiments or ["all"])})
     client.log_artifacts(run.info.run_id, str(out))

@@ -17,6 +17,10 @@ log = logging.getLogger("benchmark")
 
 
 def _setup_logging(quiet: bool) -> None:
+    # MLflow sets its own loggers to INFO when it is imported (later, lazily): its env var is what holds
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # stdout is for our results
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # checkpoint slots, pointers: small
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
     for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -56,8 +60,11 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--model", help="Model family or alias (listed above). Default dcgan.")
-@click.option("--experiment", "experiment_file", type=click.Path(dir_okay=False),
-              help="TOML spec, e.g. experiments/seed-dcgan.toml; flags and --set override it.")
+@click.option("--spec", "spec_file", type=click.Path(dir_okay=False),
+              help="TOML spec, e.g. experiments/seed-dcgan.toml; flags and --set override it. Its runs go to "
+              "the MLflow experiment named after the file (seed-dcgan) unless --experiment-name says otherwise.")
+@click.option("--experiment", "old_spec_file", type=click.Path(dir_okay=False), hidden=True,
+              help="Deprecated alias of --spec.")
 @click.option("--data", envvar="BENCH_DATA", help="CelebA folder or .zip, any image folder, or 'synthetic' (default).")
 @click.option("--budget", help="Stop at the first spent: 90s 30m 58h 2d (device-hours), 50ep, 2Mimg, 10000step, "
               "1e18flop, or several joined by '|'. Default 2m.")
@@ -68,32 +75,57 @@ def cli() -> None:
               "(the one before it if the last is damaged), into the same MLflow run.")
 @click.option("--restart", is_flag=True, help="With --resume, for a run that has no checkpoint: start it over in the "
               "same MLflow run, charged with the device-hours and FLOPs it had already logged.")
-@click.option("--experiment-name", help="MLflow experiment; default: the model's name.")
-@click.option("--run-name", help="MLflow run name.")
+@click.option("--experiment-name", help="MLflow experiment; default: the --spec file's name, else the model's name.")
+@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE",
+              help="An extra MLflow tag on the run (e.g. compare=NAME, as bench compare --print-commands writes).")
+@click.option("--run-name", help="MLflow run name; default model-budget-sSEED, e.g. dcgan-2m-s0.")
+@click.option("--show-spec", is_flag=True, help="Print every spec key of --model with its default, type and meaning "
+              "(and the value this command line gives it), then exit without training.")
 @device_option
 @tracking_option
 @quiet_option
-def run(model, experiment_file, data, budget, overrides, seed, resume_id, restart, experiment_name, run_name, device,
-        tracking_uri, quiet) -> None:
+def run(model, spec_file, old_spec_file, data, budget, overrides, seed, resume_id, restart, experiment_name, tags,
+        run_name, show_spec, device, tracking_uri, quiet) -> None:
     """Train a model under a budget, evaluating and checkpointing as it goes, all logged to MLflow."""
     from benchmark import runner
-    from benchmark.models import family, resolve
-    from benchmark.spec import build_spec, load_toml
+    from benchmark.models import family, key_help, resolve
+    from benchmark.spec import build_spec, load_toml, spec_table
 
     _setup_logging(quiet)
+    if old_spec_file:
+        if spec_file:
+            raise UserError("give the spec file once: --spec FILE (--experiment is its deprecated old name)")
+        click.echo("warning: --experiment FILE is deprecated on bench run: use --spec FILE (bench report "
+                   "--experiment takes an MLflow experiment name, or a spec file's name)", err=True)
+        spec_file = old_spec_file
+    if show_spec:
+        experiment = load_toml(spec_file) if spec_file else {}
+        name, experiment = resolve(model or experiment.get("model") or "dcgan", experiment)
+        _, defaults = family(name)
+        spec = build_spec(name, defaults, experiment, overrides, {"data": data, "budget": budget, "seed": seed})
+        click.echo(spec_table(name, defaults, key_help(name), spec))
+        return
     _tracking(tracking_uri)
     if resume_id is not None:  # an empty id is a mistake, not a request for a new run
         runner.resume(resume_id, device, progress=not quiet, restart=restart)
         return
     if restart:
         raise UserError("--restart goes with --resume RUN_ID")
-    experiment = load_toml(experiment_file) if experiment_file else {}
+    experiment = load_toml(spec_file) if spec_file else {}
     typed = model or experiment.get("model") or "dcgan"
     name, experiment = resolve(typed, experiment)
     _, defaults = family(name)
     spec = build_spec(name, defaults, experiment, overrides, {"data": data, "budget": budget, "seed": seed})
-    tags = {"model_alias": typed} if typed != name else None
-    runner.start(spec, device, experiment_name, run_name, progress=not quiet, extra_tags=tags)
+    extra = {"model_alias": typed} if typed != name else {}
+    for item in tags:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--tag takes key=value, got {item!r}")
+        extra[key.strip()] = value
+    if spec_file:
+        extra["spec_file"] = Path(spec_file).name
+        experiment_name = experiment_name or Path(spec_file).stem
+    runner.start(spec, device, experiment_name, run_name, progress=not quiet, extra_tags=extra or None)
 
 
 run.help += "\n\n\b\nModels:\n" + "\n".join(f"  {line}" for line in _models_help().split("; "))
@@ -171,7 +203,7 @@ def sample_cmd(run_id, n, out, seed, steps, bn, device, tracking_uri, quiet) -> 
 
     _setup_logging(quiet)
     _tracking(tracking_uri)
-    result = sample_run(run_id, n, Path(out), seed, steps, device, bn=bn)
+    result = sample_run(run_id, n, Path(out), seed, steps, device, bn=bn, progress=not quiet)
     bn_text = "" if result["bn"] == "n/a" else f", BatchNorm {result['bn']}"
     click.echo(f"{result['n']} images from {result['model']} at {result['images_seen']} images seen "
                f"({result['sample_nfe']} network passes each{bn_text}) -> {result['out']}")
@@ -267,7 +299,8 @@ def study(model, trials, trial_budget, study_name, storage, workers, sampler, pr
 
 @cli.command()
 @click.option("--experiment", "experiments", multiple=True,
-              help="MLflow experiment(s) to report on; repeatable. Default: every experiment with FIDs.")
+              help="MLflow experiment(s) to report on, by name or by the spec file its runs came from "
+              "(smoke-ddpm or experiments/smoke-ddpm.toml); repeatable. Default: every experiment with FIDs.")
 @click.option("--out", type=click.Path(file_okay=False),
               help="Folder for index.html, tables/ (Markdown + CSV) and figures/. Default: reports/<experiment>.")
 @click.option("--group", is_flag=True, help="Report metric sets made differently (N, split, weights, data) "
@@ -284,9 +317,11 @@ def report(experiments, out, group, project_to, include_trials, tracking_uri, qu
     A row is a curve: one training spec, its seeds pooled as mean ± spread. Below 2,000 generated images
     per point KID x 1000 leads (FID is biased upwards there) and FID is shown beside it."""
     from analysis.report import build
+    from benchmark.tracking import experiment_name_of
 
     _setup_logging(quiet)
     _tracking(tracking_uri)
+    experiments = [experiment_name_of(e) for e in experiments]
     out = out or Path("reports") / ("+".join(experiments) if experiments else "all")
     index = build(out, list(experiments) or None, group, project_to, include_trials=include_trials)
     click.echo(f"report: {index}")
@@ -303,19 +338,35 @@ def report(experiments, out, group, project_to, include_trials, tracking_uri, qu
 @click.option("--experiment-name", help="MLflow experiment for the runs; default compare-<date-time>.")
 @click.option("--out", type=click.Path(file_okay=False),
               help="Folder for the report (index.html, tables/, figures/). Default: reports/<experiment name>.")
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+              help="Runs at a time, each its own `bench run` process (logs in the report folder's logs/).")
+@click.option("--print-commands", is_flag=True,
+              help="Print one `bench run` line per (model, seed) for a cluster's scheduler (a SLURM array, a "
+              "Kubernetes job) and the `bench report` that gathers them; run nothing.")
 @device_option
 @tracking_option
 @quiet_option
-def compare(models, budget, data, seeds, overrides, experiment_name, out, device, tracking_uri, quiet) -> None:
+def compare(models, budget, data, seeds, overrides, experiment_name, out, workers, print_commands, device,
+            tracking_uri, quiet) -> None:
     """Train each model (and seed) on the same data, budget and evaluation, then write the report."""
-    from benchmark.compare import compare as run_compare
+    import shlex
+
+    from benchmark import compare as compare_mod
 
     _setup_logging(quiet)
-    _tracking(tracking_uri)
     names = [m.strip() for m in models.split(",") if m.strip()]
     if not names:
         raise UserError("--models needs at least one model")
-    index = run_compare(names, budget, data, seeds, tuple(overrides), experiment_name, out, device, not quiet)
+    if print_commands:
+        runs = compare_mod.plan(names, budget, data, seeds, tuple(overrides))
+        experiment_name = experiment_name or compare_mod.default_name()
+        for typed, extra, spec in runs:
+            click.echo(shlex.join(compare_mod.run_command(typed, extra, spec, experiment_name, device)))
+        click.echo(f"# then, with the same MLflow store: bench report --experiment {experiment_name}")
+        return
+    _tracking(tracking_uri)
+    index = compare_mod.compare(names, budget, data, seeds, tuple(overrides), experiment_name, out, device, not quiet,
+                                workers)
     click.echo(f"report: {index}")
 
 
@@ -352,18 +403,44 @@ def calibrate(data, steps, batch_size, inception, eval_images, all_families, fam
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to serve on; 127.0.0.1 keeps the UI on this machine (0.0.0.0 opens it to the network).")
-@click.option("--port", default=5000, show_default=True, help="Port of the UI.")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True, help="Port of the UI.")
+@click.option("--experiment", help="Experiment whose runs table to open, by name or spec file (smoke-ddpm); "
+              "default: the one with the latest run.")
+@click.option("--timeout", type=click.FloatRange(1), default=300, show_default=True,
+              help="Seconds to wait for the server to answer before giving up.")
 @tracking_option
-def ui(host, port, tracking_uri) -> None:
-    """Open the MLflow UI on this project's store (127.0.0.1 by default)."""
+def ui(host, port, experiment, timeout, tracking_uri) -> None:
+    """Serve the MLflow UI on this project's store (127.0.0.1 by default) and print the runs table's address
+    once it answers; Ctrl-C stops it."""
     import mlflow
 
+    from benchmark import server
+
+    _setup_logging(True)
     _tracking(tracking_uri, check=False)  # the UI only reads: a read-only store is fine to browse
-    uri = mlflow.get_tracking_uri()
-    click.echo(f"MLflow UI on http://{host}:{port}  (store {uri}); an experiment's runs table is at "
-               f"http://{host}:{port}/#/experiments/<id>/runs")
-    os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-                               "--host", host, "--port", str(port)])
+    server.ui(mlflow.get_tracking_uri(), host, port, experiment, timeout)
+
+
+@cli.command("server")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to serve on; other machines need an address they reach (e.g. 0.0.0.0), given on purpose.")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True, help="Port to serve on.")
+@click.option("--backend-store-uri", default="sqlite:///mlflow-server.db", show_default=True,
+              help="Database for runs, params and metrics: SQLite for one team machine, PostgreSQL "
+              "(postgresql+psycopg2://user@host/db) for many writers.")
+@click.option("--artifacts-destination", default="mlartifacts", show_default=True,
+              help="Where the server stores grids, plots and checkpoints: a folder, or an object store URI "
+              "(s3://bucket/path); clients reach them through the server.")
+@click.option("--workers", type=click.IntRange(1), default=2, show_default=True, help="Server worker processes.")
+@click.option("--timeout", type=click.FloatRange(1), default=300, show_default=True,
+              help="Seconds to wait for the server to answer before giving up.")
+def server_cmd(host, port, backend_store_uri, artifacts_destination, workers, timeout) -> None:
+    """Start a team MLflow tracking server: a database for runs and proxied artifact storage, so `bench run`,
+    `study` and `compare` on other machines log there with --tracking-uri http://HOST:PORT alone."""
+    from benchmark import server
+
+    _setup_logging(True)
+    server.tracking_server(backend_store_uri, artifacts_destination, host, port, workers, timeout)
 
 
 def main() -> None:

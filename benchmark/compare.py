@@ -4,6 +4,9 @@ one MLflow experiment for them all, then the report."""
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -27,35 +30,105 @@ def split_overrides(models: list[str], overrides: tuple[str, ...]) -> dict[str, 
     return per_model
 
 
-def compare(models: list[str], budget: str, data: str | None, seeds: int, overrides: tuple[str, ...],
-            experiment_name: str | None, out: Path | None, device: str = "auto", progress: bool = True) -> Path:
-    from analysis.report import build
-    from benchmark import runner
+def plan(models: list[str], budget: str, data: str | None, seeds: int, overrides: tuple[str, ...]) -> list:
+    """(model as typed, its overrides, validated spec) per run; every spec is checked before a run starts."""
     from benchmark.models import family, resolve
     from benchmark.spec import build_spec
 
-    specs = []
+    runs = []
     per_model = split_overrides(models, overrides)
-    for typed in models:  # every spec is validated before the first run starts
+    for typed in models:
         name, experiment = resolve(typed, {})
         _, defaults = family(name)
         for seed in range(seeds):
-            specs.append((typed, build_spec(name, defaults, experiment, per_model[typed],
-                                            {"data": data, "budget": budget, "seed": seed})))
-    experiment_name = experiment_name or f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+            runs.append((typed, per_model[typed], build_spec(name, defaults, experiment, per_model[typed],
+                                                              {"data": data, "budget": budget, "seed": seed})))
+    return runs
+
+
+def run_command(typed: str, model_overrides: list[str], spec, experiment_name: str, device: str) -> list[str]:
+    """The `bench run` line of one (model, seed) of a compare: what a worker runs, or a cluster's scheduler."""
+    cmd = ["bench", "run", "--model", typed, "--budget", spec.budget, "--seed", str(spec.seed)]
+    if spec.data != "synthetic":
+        cmd += ["--data", spec.data]
+    for item in model_overrides:
+        cmd += ["--set", item]
+    return cmd + ["--experiment-name", experiment_name, "--tag", f"compare={experiment_name}", "--device", device]
+
+
+def compare(models: list[str], budget: str, data: str | None, seeds: int, overrides: tuple[str, ...],
+            experiment_name: str | None, out: Path | None, device: str = "auto", progress: bool = True,
+            workers: int = 1) -> Path:
+    from analysis.report import build
+    from benchmark import runner
+
+    runs = plan(models, budget, data, seeds, overrides)
+    experiment_name = experiment_name or default_name()
     out = Path(out) if out else Path("reports") / experiment_name
-    failed = []
-    for i, (typed, spec) in enumerate(specs, 1):
-        log.info("[%d/%d] %s seed %d, budget %s", i, len(specs), typed, spec.seed, budget)
-        try:
-            runner.start(spec, device, experiment_name, None, progress,
-                         extra_tags={"compare": experiment_name, **({"model_alias": typed} if typed != spec.model
-                                                                    else {})})
-        except UserError:
-            raise
-        except Exception as err:  # one model failing (e.g. diverging) must not lose the others
-            log.warning("%s seed %d failed: %s", typed, spec.seed, err)
-            failed.append(runner.default_run_name(spec, {"model_alias": typed}))
+    if workers > 1:
+        failed = _in_workers(runs, experiment_name, device, workers, out / "logs")
+    else:
+        failed = []
+        for i, (typed, _, spec) in enumerate(runs, 1):
+            log.info("[%d/%d] %s seed %d, budget %s", i, len(runs), typed, spec.seed, budget)
+            try:
+                runner.start(spec, device, experiment_name, None, progress,
+                             extra_tags={"compare": experiment_name, **({"model_alias": typed} if typed != spec.model
+                                                                        else {})})
+            except UserError:
+                raise
+            except Exception as err:  # one model failing (e.g. diverging) must not lose the others
+                log.warning("%s seed %d failed: %s", typed, spec.seed, err)
+                failed.append(runner.default_run_name(spec, {"model_alias": typed}))
     if failed:
         log.warning("failed runs (kept in MLflow as FAILED): %s", ", ".join(failed))
     return build(out, [experiment_name])
+
+
+def default_name() -> str:
+    return f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _in_workers(runs: list, experiment_name: str, device: str, workers: int, logs: Path) -> list[str]:
+    """Each (model, seed) as its own `bench run` process, `workers` at a time: ordinary tracked runs, each with
+    its log in `logs`. A run that fails does not stop the others."""
+    import mlflow
+
+    from benchmark import runner
+
+    logs.mkdir(parents=True, exist_ok=True)
+    # Workers share this machine's cores (see bench study): one OpenMP thread pool each, not one per core each
+    env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // workers)), **os.environ,
+           "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
+    pending = [(runner.default_run_name(spec, {"model_alias": typed}),
+                [sys.executable, "-m", "benchmark.cli", *run_command(typed, extra, spec, experiment_name, device)[1:],
+                 "--quiet"]) for typed, extra, spec in runs]
+    running: list[tuple[str, subprocess.Popen, object]] = []
+    failed, done = [], 0
+    try:
+        while pending or running:
+            while pending and len(running) < workers:
+                name, cmd = pending.pop(0)
+                handle = open(logs / f"{name}.log", "w")
+                proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env)
+                running.append((name, proc, handle))
+                log.info("started %s (log: %s)", name, logs / f"{name}.log")
+            time.sleep(0.5)
+            for item in [r for r in running if r[1].poll() is not None]:
+                name, proc, handle = item
+                running.remove(item)
+                handle.close()
+                done += 1
+                if proc.returncode:
+                    failed.append(name)
+                    log.warning("[%d/%d] %s failed (exit %d): see %s", done, len(runs), name, proc.returncode,
+                                logs / f"{name}.log")
+                else:
+                    log.info("[%d/%d] %s finished", done, len(runs), name)
+    finally:  # interrupted: the runs checkpoint and end as KILLED, resumable one by one
+        for _, proc, _ in running:
+            proc.terminate()
+        for _, proc, handle in running:
+            proc.wait()
+            handle.close()
+    return failed

@@ -103,23 +103,25 @@ def eval_run(run_id: str, samples: int | None = None, device_name: str = "auto",
                  sampling_bn(model), suffix, suffix)
     tracker.tags({**tags, "metrics.real_stats": "reused from cache" if cached else "computed"})
     if not sampler_steps:
-        batches, _ = sample_for_eval(model, n, spec.seed, spec.eval["batch_size"])
+        batches, _ = sample_for_eval(model, n, spec.seed, spec.eval["batch_size"], progress)
         values = score(evaluator.features(batches, total=n, desc="fid"), real, evaluator.weights)
         values["eval_samples"] = n
         tracker.metrics({f"{k}{suffix}": v for k, v in values.items()}, step)
         tracker.flush()
-        log.info("run %s at %d images: %s", run_id, step, headline(values, n))
+        log.info("run %s at %d images: %s; logged into that run as fid%s, kid_mean%s, ... at step %d", run_id, step,
+                 headline(values, n), suffix, suffix, step)
         return {"run_id": run_id, "images_seen": step, "logged_as": f"fid{suffix}", "bn": sampling_bn(model),
                 "leads": leading_metric(n), **values, "kid_x1000": 1000 * values["kid_mean"]}
     sweep = []
     for steps in sampler_steps:
         model.sampler_steps = steps
-        batches, seconds = sample_for_eval(model, n, spec.seed, spec.eval["batch_size"])
+        batches, seconds = sample_for_eval(model, n, spec.seed, spec.eval["batch_size"], progress)
         values = score(evaluator.features(batches, total=n, desc=f"fid @ {steps} steps"), real, evaluator.weights)
         values.update(sample_seconds_per_image=seconds / n, sample_nfe=model.sample_nfe)
         tracker.metrics({f"{k}_vs_steps": values[k] for k in SWEPT}, steps)
         sweep.append({"sampler_steps": steps, **{k: values[k] for k in SWEPT}})
-        log.info("%d sampling steps: FID %.3f, %.3f s/image", steps, values["fid"], seconds / n)
+        log.info("%d sampling steps: FID %.3f, %.3f s/image (logged into run %s as fid_vs_steps at step %d)", steps,
+                 values["fid"], seconds / n, run_id, steps)
     tracker.tags({"sampler_sweep.images_seen": step, "sampler_sweep.eval_samples": n,
                   "sampler_sweep.sampler": f"{spec.sampler} eta={spec.sampler_eta}"})
     tracker.flush()

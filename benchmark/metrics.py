@@ -20,6 +20,7 @@ from tqdm import tqdm
 from benchmark.data import Prepared, cache_root
 from benchmark.filelock import file_lock
 from benchmark.inception import FEATURE_EXTRACTOR, InceptionWeights, feature_extractor, resolve_weights
+from benchmark.models.common import SAMPLING_PROGRESS
 
 log = logging.getLogger(__name__)
 
@@ -95,19 +96,39 @@ class Evaluator:
         return feats, False
 
 
-def sample_for_eval(model, n: int, seed: int, batch_size: int) -> tuple[list[torch.Tensor], float]:
+def sample_for_eval(model, n: int, seed: int, batch_size: int, progress: bool = False
+                    ) -> tuple[list[torch.Tensor], float]:
     """n uint8 samples in batches from a generator seeded only for evaluation; returns (batches, seconds).
 
     The same seed at every eval point and in `bench eval`, so scores of one run differ by training alone."""
     gen = torch.Generator().manual_seed(seed + 777)
     start = time.perf_counter()
-    batches = draw(model, n, gen, batch_size)
+    batches = draw(model, n, gen, batch_size, progress)
     return batches, time.perf_counter() - start
 
 
-def draw(model, n: int, generator: torch.Generator, batch_size: int) -> list[torch.Tensor]:
-    """n uint8 samples from a family, batch_size at a time, from one generator."""
-    return [model.sample(min(batch_size, n - i), generator) for i in range(0, n, batch_size)]
+def draw(model, n: int, generator: torch.Generator, batch_size: int, progress: bool = False,
+         desc: str = "sampling") -> list[torch.Tensor]:
+    """n uint8 samples from a family, batch_size at a time, from one generator. The bar moves with every
+    network pass of a diffusion sampler, not only at the end of a batch."""
+    out = []
+    with tqdm(total=n, desc=desc, unit="img", disable=not progress, leave=False,
+              bar_format="{l_bar}{bar}| {n:.0f}/{total} img [{elapsed}<{remaining}]") as bar:
+        for i in range(0, n, batch_size):
+            size = min(batch_size, n - i)
+            done = [0.0]
+
+            def advance(fraction: float, size: int = size, done: list = done) -> None:
+                done[0] += fraction
+                bar.update(size * fraction)
+
+            token = SAMPLING_PROGRESS.set(advance if progress else None)
+            try:
+                out.append(model.sample(size, generator))
+            finally:
+                SAMPLING_PROGRESS.reset(token)
+            bar.update(size * (1.0 - done[0]))  # the rest of the batch (all of it for a one-pass GAN)
+    return out
 
 
 def frechet_distance(fake: torch.Tensor, real: torch.Tensor) -> float:

@@ -54,13 +54,15 @@ def start(spec: RunSpec, device_name: str = "auto", experiment_name: str | None 
         "precision": precision,
         "spec_hash": spec.hash(),
         **({"autoencoder_reused": spec.autoencoder_run} if spec.values.get("autoencoder_run") else {}),
-        "mlflow.note.content": f"{spec.model} on {prepared.name} ({prepared.split}), budget {spec.budget}",
+        "mlflow.note.content": description(spec, prepared),
         **(extra_tags or {}),
     }
     with terminate_raises():
         tracker = Tracker.create(experiment_name or spec.model, run_name or default_run_name(spec, extra_tags),
                                  spec.flat_params(), tags)
         with ended(tracker), tracker.hold():
+            tracker.dataset(prepared.name, prepared.fingerprint, prepared.source, prepared.split, len(prepared),
+                            prepared.resolution)
             (tracker.dir / "spec.toml").write_text(spec.to_toml())
             tracker.publish("spec.toml")
             log.info("MLflow run %s; runs table: %s", tracker.run_id,
@@ -69,6 +71,13 @@ def start(spec: RunSpec, device_name: str = "auto", experiment_name: str | None 
                 on_tracker(tracker)
             _train_tracked(spec, cls, device, precision, prepared, tracker, progress, on_eval)
     return tracker.run_id
+
+
+def description(spec: RunSpec, prepared: data_mod.Prepared, result: str = "") -> str:
+    """The run's MLflow description: what it trained on, under which budget, and (once scored) its result."""
+    text = (f"{spec.model} on {prepared.name} ({prepared.split}, {len(prepared):,} images at "
+            f"{prepared.resolution}x{prepared.resolution}), budget {spec.budget}, seed {spec.seed}.")
+    return f"{text}\n\n{result}" if result else text
 
 
 def default_run_name(spec: RunSpec, extra_tags: dict | None = None) -> str:
@@ -182,7 +191,8 @@ def _train_tracked(spec: RunSpec, cls: type, device: torch.device, precision: st
     model = cls(spec, device, precision)
     if spec.values.get("autoencoder_run"):
         model.reuse_autoencoder(*reused_autoencoder(spec.autoencoder_run), origin=f"run {spec.autoencoder_run}")
-    meter = train(spec, model, prepared, tracker, progress, on_eval, spent)
+    with tracker.system_metrics():
+        meter = train(spec, model, prepared, tracker, progress, on_eval, spent)
     losses = ("loss_d", "loss_g", "loss", "recon_l1")  # recon_l1: the ldm's autoencoder, per pixel
     per_iteration = {k: tracker.history(k) for k in losses}
     per_epoch = {k: tracker.history(f"{k}_epoch") for k in losses}
@@ -190,8 +200,27 @@ def _train_tracked(spec: RunSpec, cls: type, device: torch.device, precision: st
     tracker.publish("plots/losses.png")
     tracker.tags({"final_checkpoint": checkpoint.LAST, "images_seen": meter.images_seen,
                   "device_hours": f"{meter.device_hours:.6f}"})
+    run = tracker.client.get_run(tracker.run_id)
+    final, tags = run.data.metrics, run.data.tags
+    cost = f"{meter.images_seen:,} images ({meter.epochs:.2f} epochs), {meter.device_hours:.4f} device-hours"
+    over = overshoot(spec, meter)
+    scored = headline(final, int(final["eval_samples"])) if "eval_samples" in final else ""
+    made = (f"Scored on Inception pool3 features ({tags.get('metrics.weights_origin', '?')}), "
+            f"{tags.get('metrics.eval_samples')} generated vs {tags.get('metrics.real_samples')} real images of "
+            f"{tags.get('metrics.reference')}, BatchNorm statistics {tags.get('metrics.bn')}. ") if scored else ""
+    result = (f"Result: {scored or 'no metrics (eval.samples = 0)'}, after {cost}, {meter.pflops:.4g} PFLOPs"
+              f"{'; ' + over if over else ''}.\n\n{made}Precision {precision} on {tags.get('device', '?')}.")
+    tracker.describe(description(spec, prepared, result))
     tracker.end("FINISHED")
-    final = tracker.client.get_run(tracker.run_id).data.metrics
-    scored = f"; {headline(final, int(final['eval_samples']))}" if "eval_samples" in final else ""
-    log.info("finished: %d images, %.2f epochs, %.4f device-hours, %.4f PFLOPs%s", meter.images_seen, meter.epochs,
-             meter.device_hours, meter.pflops, scored)
+    log.info("finished: %s, %.4f PFLOPs%s%s", cost, meter.pflops, f" ({over})" if over else "",
+             f"; {scored}" if scored else "")
+
+
+def overshoot(spec: RunSpec, meter) -> str:
+    """Why a time budget's device-hours exceed it: a step is never cut, so the run stops after the step that
+    crosses the limit (and one-off charges such as ldm's encoding can land in one step)."""
+    limit = spec.budget_obj.device_seconds
+    if not limit or meter.device_seconds <= limit:
+        return ""
+    return (f"{meter.device_seconds - limit:.3g} s past the {limit:g} s budget: time budgets stop after the step "
+            "that crosses them")

@@ -18,7 +18,7 @@ GRID_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def sample_run(run_id: str, n: int, out: Path, seed: int = 0, sampler_steps: int | None = None,
-               device_name: str = "auto", batch_size: int = 64, bn: str | None = None) -> dict:
+               device_name: str = "auto", batch_size: int = 64, bn: str | None = None, progress: bool = False) -> dict:
     """Draw n images; `out` ending in .png/.jpg is one grid, anything else a folder of numbered PNGs
     (which `bench eval --real ... --fake FOLDER` scores)."""
     _, spec, model, state = load_run(run_id, device_name)
@@ -26,7 +26,8 @@ def sample_run(run_id: str, n: int, out: Path, seed: int = 0, sampler_steps: int
         require_sampler(spec, model, "--steps")
         model.sampler_steps = sampler_steps
     set_bn(spec, model, bn)
-    images = torch.cat([x.cpu() for x in draw(model, n, torch.Generator().manual_seed(seed), batch_size)])
+    images = torch.cat([x.cpu() for x in draw(model, n, torch.Generator().manual_seed(seed), batch_size,
+                                                   progress)])
     if out.suffix.lower() in GRID_SUFFIXES:
         save_grid(images, out)
     else:

@@ -114,15 +114,15 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read an experiment file; unreadable or malformed files are UserErrors."""
+    """Read a spec file (experiments/*.toml); unreadable or malformed files are UserErrors."""
     try:
         return tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise UserError(f"experiment file not found: {path}") from None
+        raise UserError(f"spec file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"cannot read experiment file {path}: {err}") from None
+        raise UserError(f"cannot read spec file {path}: {err}") from None
     except tomllib.TOMLDecodeError as err:
-        raise UserError(f"experiment file {path} is not valid TOML: {err}") from None
+        raise UserError(f"spec file {path} is not valid TOML: {err}") from None
 
 
 def build_spec(
@@ -132,7 +132,7 @@ def build_spec(
     overrides: list[str] | tuple[str, ...] = (),
     cli: dict[str, Any] | None = None,
 ) -> RunSpec:
-    """Resolve defaults < experiment file < CLI flags < --set overrides into a validated RunSpec."""
+    """Resolve defaults < spec file < CLI flags < --set overrides into a validated RunSpec."""
     defaults = {**COMMON, **family_defaults}
     values = dict(defaults)
     eval_values = dict(EVAL)
@@ -154,9 +154,9 @@ def build_spec(
     for key, value in experiment.items():
         if key == "eval" and isinstance(value, dict):
             for sub, subvalue in value.items():
-                assign(f"eval.{sub}", subvalue, "experiment file")
+                assign(f"eval.{sub}", subvalue, "spec file")
         else:
-            assign(key, value, "experiment file")
+            assign(key, value, "spec file")
     for key, value in (cli or {}).items():
         if value is not None:
             assign(key, value, "command line")
@@ -169,3 +169,46 @@ def build_spec(
     if values["batch_size"] < 1:
         raise UserError("batch_size must be at least 1")
     return RunSpec(model=model or "", values=values, eval=eval_values)
+
+
+# What each common and eval key means (bench run --show-spec, the README's tables); families have their own HELP.
+HELP = {
+    "data": "CelebA folder or .zip, any image folder, or synthetic (procedural faces, offline)",
+    "split": "CelebA partition trained on (and the reference the metrics compare with)",
+    "resolution": "side of the square images, pixels",
+    "budget": "cost limit(s): 90s 30m 58h 2d (device-hours), 50ep, 2Mimg, 10000step, 1e18flop, joined by |",
+    "seed": "weights, noise and data order; a CPU run with the same seed is bit-exact",
+    "batch_size": "images per training step",
+    "precision": "auto: bf16 autocast where the hardware is fast at it (CUDA Ampere+, AMX/AVX512-BF16 CPUs)",
+    "channels_last": "NHWC memory layout for convolutions",
+    "log_every": "steps between logged training losses",
+    "checkpoint_minutes": "minutes between checkpoints (also at every eval point); 0: after every step",
+    "synthetic_images": "images drawn when data = synthetic",
+    "eval.samples": "generated images scored at each eval point; 0: grids only. Below 2,000 KID leads",
+    "eval.real_samples": "real images behind the cached reference statistics",
+    "eval.points": "log-spaced eval points over the budget (1/8, 1/4, 1/2, 1 for 4), the last at its end",
+    "eval.grid": "images in each sample grid (logged as the run's images)",
+    "eval.batch_size": "batch for sampling and Inception features",
+    "eval.bn": "BatchNorm statistics the GANs' G samples with: recomputed from fresh noise (standing, BigGAN), "
+               "train mode (batch), or the running averages",
+}
+
+
+def spec_table(model: str, family_defaults: dict[str, Any], family_help: dict[str, str],
+               spec: RunSpec | None = None) -> str:
+    """Every key of a model's spec as a Markdown table: default, type, meaning; with `spec`, a column with the
+    value this command line gives where it differs (`bench run --model M --show-spec`, the README's tables)."""
+    meanings = {**HELP, **family_help}
+    rows = [(k, v) for k, v in {**COMMON, **family_defaults}.items()]
+    rows += [(f"eval.{k}", v) for k, v in EVAL.items()]
+    given = {} if spec is None else {**spec.values, **{f"eval.{k}": v for k, v in spec.eval.items()}}
+    changed = {k: given[k] for k, v in rows if k in given and given[k] != v}
+    head = ["key", "default", "type", "meaning"] + (["this command line"] if changed else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for key, default in rows:
+        kind = " \\| ".join(map(str, CHOICES[key])) if key in CHOICES else type(default).__name__
+        cells = [f"`{key}`", f"`{_toml_value(default)}`", kind, meanings.get(key, "").replace("|", "\\|")]
+        if changed:
+            cells.append(f"`{_toml_value(changed[key])}`" if key in changed else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -119,8 +119,7 @@ class Tracker:
     @classmethod
     def create(cls, experiment_name: str, run_name: str | None, params: dict, tags: dict) -> Tracker:
         client = MlflowClient()
-        experiment = client.get_experiment_by_name(experiment_name)
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(experiment_name)
+        experiment_id = ensure_experiment(client, experiment_name)
         run = client.create_run(experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()})
         tracker = cls(run.info.run_id)
         params = {k: str(v) for k, v in params.items()}
@@ -281,6 +280,50 @@ class Tracker:
             path = self.dir / relpath
             self.client.log_artifact(self.run_id, str(path), str(Path(relpath).parent) if "/" in relpath else None)
 
+    def image(self, key: str, path: Path, step: int) -> None:
+        """A sample grid as an MLflow image at this step, so the run's images step through training. Once per
+        step: a run killed after its eval point and resumed does not log the same step twice."""
+        from PIL import Image
+
+        stem = f"{key.replace('/', '~')}+step+{step}+"  # MLflow's file name for the key at this step
+        if self.remote_artifacts:
+            logged = [f.path for f in self.client.list_artifacts(self.run_id, "images")]
+        else:
+            logged = [f.name for f in (self.dir / "images").glob(f"{stem}*")]
+        if any(Path(name).name.startswith(stem) for name in logged):
+            return
+        with Image.open(path) as img:
+            self.client.log_image(self.run_id, img.convert("RGB"), key=key, step=step)
+
+    def dataset(self, name: str, fingerprint: str, source: str, split: str, images: int, resolution: int) -> None:
+        """The prepared data as the run's MLflow dataset input (the runs table's Dataset column)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        profile = {"num_images": images, "split": split, "resolution": resolution}
+        dataset = Dataset(name=name, digest=fingerprint[:36], source_type="local",
+                          source=json.dumps({"uri": source}), profile=json.dumps(profile))
+        tags = [InputTag("mlflow.data.context", "train"), InputTag("split", split)]
+        self.client.log_inputs(self.run_id, [DatasetInput(dataset, tags)])
+
+    def describe(self, text: str) -> None:
+        """The run's description (the Overview page): what ran and, once scored, its headline number."""
+        self.client.set_tag(self.run_id, "mlflow.note.content", text)
+
+    @contextmanager
+    def system_metrics(self, interval: float = 10.0) -> Iterator[None]:
+        """CPU, memory, disk (and GPU) use under system/, sampled by MLflow's own monitor while training."""
+        if os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true").lower() == "false":
+            yield
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval, resume_logging=True)
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()
+
     def history(self, key: str) -> list[tuple[int, float]]:
         self.flush()
         return [(m.step, m.value) for m in self.client.get_metric_history(self.run_id, key)]
@@ -321,7 +364,42 @@ def environment_tags(device: torch.device) -> dict[str, str]:
     }
 
 
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    """The experiment's id, created if needed. Workers of one compare or study create it at the same moment:
+    the one that loses the race takes the winner's."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:  # MLflow 3's UI shows an experiment as GenAI work unless told it is model training
+        return client.create_experiment(name, tags={"mlflow.experimentKind": "custom_model_development"})
+    except MlflowException:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def experiment_name_of(name: str) -> str:
+    """An experiment name as given, or the one a spec file's runs go to by default (its stem)."""
+    return Path(name).stem if name.endswith(".toml") else name
+
+
+def find_experiments(names: list[str], client: MlflowClient | None = None) -> list:
+    """MLflow experiments by name, where a spec file's path or name stands for the experiment its runs go to
+    by default (experiments/smoke-ddpm.toml -> smoke-ddpm). An unknown name lists the ones the store has."""
+    client = client or MlflowClient()
+    found = {e.name: e for e in client.search_experiments()}
+    wanted = [experiment_name_of(n) for n in names]
+    missing = [n for n in wanted if n not in found]
+    if missing:
+        have = sorted(n for n in found if n not in ("Default", "reports"))
+        raise UserError(f"no MLflow experiment named {', '.join(missing)} in {mlflow.get_tracking_uri()}; it has: "
+                        f"{', '.join(have) or 'none yet'}")
+    return [found[n] for n in dict.fromkeys(wanted)]
+
+
 def runs_table_url(base: str, experiment_id: str) -> str:
-    """MLflow 3's UI opens an experiment on an overview page; the runs table lives here."""
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs"
+    """MLflow 3's UI opens an experiment on an overview page, as GenAI work; the runs table of model training
+    lives here."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 

@@ -18,7 +18,7 @@ from benchmark import checkpoint
 from benchmark.budget import Meter
 from benchmark.data import Prepared
 from benchmark.errors import Diverged
-from benchmark.metrics import SMALL_N, Evaluator, headline, provenance, sample_for_eval, sampling_bn, score
+from benchmark.metrics import SMALL_N, Evaluator, draw, headline, provenance, sample_for_eval, sampling_bn, score
 from benchmark.models.common import rng_untouched
 from benchmark.spec import RunSpec
 from benchmark.tracking import Tracker
@@ -92,6 +92,14 @@ def save_grid(images: torch.Tensor, path) -> None:
     save_image(images.float() / 255.0, path, nrow=int(np.ceil(np.sqrt(len(images)))), padding=2)
 
 
+def clock(meter: Meter, budget, fraction: float) -> str:
+    """Training time spent (of a time budget), what is left of it at this pace, and evaluation time apart."""
+    spent = tqdm.format_interval(meter.device_seconds)
+    limit = f"/{tqdm.format_interval(budget.device_seconds)}" if budget.device_seconds else ""
+    left = meter.device_seconds * (1 - fraction) / fraction if fraction > 0 else 0.0
+    return f"train {spent}{limit}, ~{tqdm.format_interval(left)} left, eval {tqdm.format_interval(meter.eval_seconds)}"
+
+
 def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress: bool = True,
           on_eval: Callable[[dict[str, float], Meter, int], None] | None = None,
           spent: dict[str, float] | None = None) -> Meter:
@@ -147,11 +155,15 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
             model.sampling_generator()
         fixed = torch.Generator().manual_seed(spec.seed + 12345)
         grid_start = time.perf_counter()
-        grid = model.sample(spec.eval["grid"], fixed)
+        (grid,) = draw(model, spec.eval["grid"], fixed, spec.eval["grid"], progress, desc="grid")
         grid_seconds = time.perf_counter() - grid_start
         rel = f"samples/grid_{step:010d}.png"
         save_grid(grid, tracker.dir / rel)
         tracker.publish(rel)
+        # MLflow's image cards step through a run's grids; the step is the eval point's index (the same
+        # fraction of the budget in every run), so runs compared at one budget line up in the chart view.
+        # "samples/" makes it a section of its own, above the metric charts.
+        tracker.image("samples/grid", tracker.dir / rel, loop.next_eval - 1)
         values = {"images_seen": step, "epochs": meter.epochs, "device_hours": meter.device_hours,
                   "pflops": meter.pflops, "steps": meter.steps, **stage_costs(meter),
                   "sample_nfe": model.sample_nfe, "sample_gflops_per_image": model.flops_per_sample() / 1e9,
@@ -167,7 +179,7 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
                 if n < SMALL_N:
                     log.warning("eval.samples=%d: below %d samples FID is biased upwards, so KID leads; neither "
                                 "is comparable with papers' 50,000-sample FIDs", n, SMALL_N)
-            batches, sample_seconds = sample_for_eval(model, n, spec.seed, spec.eval["batch_size"])
+            batches, sample_seconds = sample_for_eval(model, n, spec.seed, spec.eval["batch_size"], progress)
             fake = evaluator.features(batches, total=n, desc="fid")
             values.update(score(fake, real, evaluator.weights))
             values.update(eval_samples=n, sample_seconds_per_image=sample_seconds / n)
@@ -192,9 +204,10 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
         stop.append(signum)
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    # The bar's clock is training time against the budget; evaluation and checkpoints are shown apart
+    # (they are not charged), so a 2m budget reads 2 minutes however long its eval points take.
     bar = tqdm(total=1000, desc=f"{model.name} {budget.text}", unit="‰", disable=not progress,
-               initial=int(1000 * budget.fraction_spent(meter)),
-               bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
+               initial=int(1000 * budget.fraction_spent(meter)), bar_format="{l_bar}{bar}|")
     last_ckpt = time.monotonic()
     model_train = getattr(model, "train", None)
     if callable(model_train):
@@ -232,8 +245,10 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
 
             fraction = budget.fraction_spent(meter)
             bar.n = int(1000 * fraction)
-            bar.set_postfix_str(f"{meter.images_seen / max(meter.device_seconds, 1e-9):.1f} img/s "
-                                + " ".join(f"{k}={v:.3f}" for k, v in losses.items()), refresh=True)
+            status = (f"{clock(meter, budget, fraction)} | {meter.images_seen / max(meter.device_seconds, 1e-9):.1f} "
+                      "img/s " + " ".join(f"{k}={v:.3f}" for k, v in losses.items()))
+            bar.bar_format = "{l_bar}{bar}| " + status.replace("{", "{{").replace("}", "}}")
+            bar.refresh()
             if loop.next_eval < len(fractions) and fraction >= fractions[loop.next_eval] - 1e-12:
                 while loop.next_eval < len(fractions) and fraction >= fractions[loop.next_eval] - 1e-12:
                     loop.next_eval += 1

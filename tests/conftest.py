@@ -3,9 +3,13 @@ MLflow store per test session, and a helper that runs the real `bench` CLI in a 
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -86,3 +90,43 @@ def chromium(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--disable-dev-shm-usage", "--hide-scrollbars"]
     return subprocess.run([exe, *flags, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server on 127.0.0.1 and a private port, started by the suite itself; call it with a
+    database name to get that database's URL."""
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    if not bins:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL server binaries missing in CI: .ci/run must install Debian's postgresql")
+        pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql)")
+    bindir = os.path.dirname(bins[-1])
+    # Not under pytest's tmp folder: that is private to root, and the server runs as the postgres user.
+    base = tempfile.mkdtemp(prefix="facebench-pg-")
+    data = Path(base) / "data"
+    port = free_port()
+    as_root = os.geteuid() == 0
+    prefix = ["runuser", "-u", "postgres", "--"] if as_root else []
+    os.chmod(base, 0o755)
+    if as_root:
+        shutil.chown(base, "postgres")
+    subprocess.run([*prefix, f"{bindir}/initdb", "-D", str(data), "-U", "postgres", "--auth=trust"],
+                   check=True, capture_output=True)
+    subprocess.run([*prefix, f"{bindir}/pg_ctl", "-D", str(data), "-l", str(data.parent / "log"), "-w", "-o",
+                    f"-h 127.0.0.1 -p {port} -k {data.parent}", "start"], check=True, capture_output=True)
+
+    def database(name: str) -> str:
+        subprocess.run([f"{bindir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", name],
+                       check=True, capture_output=True)
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{port}/{name}"
+
+    yield database
+    subprocess.run([*prefix, f"{bindir}/pg_ctl", "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+    shutil.rmtree(base, ignore_errors=True)

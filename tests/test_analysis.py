@@ -8,7 +8,6 @@ import re
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import numpy as np
@@ -229,35 +228,82 @@ def test_report_renders_in_chromium_with_every_table_and_figure(store):
     assert "index.html" in {a.path for a in client.list_artifacts(logged.info.run_id)}
 
 
-def test_mlflow_ui_lists_the_runs_and_their_fid(store):
+def test_bench_ui_answers_before_it_says_open_and_shows_names_datasets_and_grids(store, tmp_path):
+    """`bench ui` prints its address only once the server answers; the runs table shows readable names and the
+    dataset, sorts and filters on the metrics; a run's sample grids step through its eval points."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "ui", "--port", str(port), "--tracking-uri",
-                               store["uri"]], cwd=store["folder"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
+                               store["uri"], "--experiment", "cmp"], cwd=store["folder"], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.5)
+        line = server.stdout.readline()  # blocks until bench ui prints
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).status == 200  # already up
         base = f"http://127.0.0.1:{port}/#/experiments/{store['experiment_id']}/runs"
+        assert line.strip() == f"open {base}?workflowType=machine_learning"
+
+        def page(url: str, shot: str | None = None) -> str:
+            if shot:
+                chromium("--window-size=1600,1000", "--virtual-time-budget=30000", f"--screenshot={tmp_path / shot}",
+                         url)
+                assert (tmp_path / shot).stat().st_size > 20_000  # a rendered page, not a blank one
+            return chromium("--window-size=2400,1400", "--virtual-time-budget=30000", "--dump-dom", url).stdout
 
         def listed(query: str = "") -> list[str]:
-            dom = chromium("--window-size=2400,1400", "--virtual-time-budget=30000", "--dump-dom",
-                           base + query).stdout
-            return re.findall(r"(dcgan|wgan-gp|ddpm)-128img-s0", re.sub(r"<[^>]+>", " ", dom))
+            return re.findall(r"(dcgan|wgan-gp|ddpm)-128img-s0", re.sub(r"<[^>]+>", " ", page(base + query)))
 
+        dom = page(line.split()[1], "runs-table.png")
+        names = set(re.findall(r"(?:dcgan|wgan-gp|ddpm)-128img-s0", dom))
+        assert names == {"dcgan-128img-s0", "wgan-gp-128img-s0", "ddpm-128img-s0"}
+        fingerprint = store["client"].search_runs([store["experiment_id"]])[0].data.tags["dataset_fingerprint"]
+        assert f"celeba ({fingerprint})" in dom  # the Dataset column: name (digest)
         runs = store["client"].search_runs([store["experiment_id"]], order_by=["metrics.fid ASC"])
         by_fid = [r.info.run_name.removesuffix("-128img-s0") for r in runs]
-        assert sorted(by_fid) == ["dcgan", "ddpm", "wgan-gp"]
         # every run listed, in the order of their FIDs: the UI shows and sorts on the metric
         assert listed("?orderByKey=metrics.%60fid%60&orderByAsc=true") == by_fid
         worst = max(r.data.metrics["fid"] for r in runs)
         assert listed(f"?searchFilter=metrics.fid%20%3E%20{worst + 1:.0f}") == []  # and filters on them
+
+        # one run's grids: the chart view of that run alone has a samples section whose slider steps through
+        # its four eval points, showing the first grid
+        ddpm = next(r for r in runs if r.data.params["model"] == "ddpm")
+        dom = page(f"{base}?workflowType=machine_learning&compareRunsMode=CHART&searchFilter=attributes.run_name"
+                   f"%3D%27{ddpm.info.run_name}%27", "run-grids.png")
+        card = dom[dom.index('title="samples/grid"'):][:20_000]
+        assert 'aria-valuemin="0"' in card and 'aria-valuemax="3"' in card  # steps 0..3: four grids
+        (src,) = re.findall(r'<img class="rc-image-img" src="([^"]+)"', card)
+        assert "samples~grid%2Bstep%2B0%2B" in src.replace("%7E", "~") and ddpm.info.run_id in src
+        artifact = urllib.request.urlopen(f"http://127.0.0.1:{port}/{src.replace('&amp;', '&')}", timeout=10)
+        assert artifact.status == 200 and len(artifact.read()) > 100
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
+
+
+def test_bench_ui_says_in_one_line_when_the_server_cannot_start(store):
+    with socket.socket() as busy:  # the port is taken: MLflow exits, bench ui says why
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = store["bench"]("ui", "--port", str(port), "--timeout", "60", check=False)
+    assert proc.returncode == 2 and proc.stderr.count("error:") == 1 and "exited" in proc.stderr
+    assert "Traceback" not in proc.stderr and "open http" not in proc.stdout
+
+
+def test_a_spec_files_runs_are_filed_and_reported_under_its_name(celeba, tmp_path):
+    from conftest import bench
+
+    spec = tmp_path / "tiny-dcgan.toml"
+    spec.write_text('model = "dcgan"\nbudget = "32img"\nngf = 8\nndf = 8\nbatch_size = 16\n\n[eval]\n'
+                    'samples = 6\nreal_samples = 16\npoints = 1\ngrid = 4\n')
+    bench("run", "--spec", str(spec), "--data", str(celeba), "--quiet")
+    assert [e.name for e in MlflowClient().search_experiments() if e.name != "Default"] == ["tiny-dcgan"]
+    (tmp_path / "report").mkdir()  # a committed report folder: nothing writes into it unless told to
+    for name in ("tiny-dcgan", "tiny-dcgan.toml", str(spec)):
+        proc = bench("report", "--experiment", name, "--quiet")
+        assert proc.stdout.strip() == f"report: {os.path.join('reports', 'tiny-dcgan', 'index.html')}"
+    assert (tmp_path / "reports" / "tiny-dcgan" / "index.html").is_file() and not any((tmp_path / "report").iterdir())
+    proc = bench("report", "--experiment", "smoke-ddpm.toml", check=False)
+    assert proc.returncode == 2 and "no MLflow experiment named smoke-ddpm" in proc.stderr
+    assert "it has: tiny-dcgan" in proc.stderr and proc.stderr.count("\n") == 1

@@ -76,3 +76,14 @@ def test_time_and_flop_budgets_overshoot_by_less_than_one_step(capsys):
     budget = 10 * flops_per_step + flops_per_step / 2
     final = _final(f"{budget:.6e}flop", capsys)
     assert budget <= final["pflops"] * 1e15 < budget + flops_per_step and final["steps"] == 11
+
+
+def test_training_bar_shows_training_time_against_the_budget_and_evaluation_apart():
+    from benchmark.train import clock
+
+    meter = Meter(dataset_size=1000)
+    meter.add_step(128, 30.0, 1.0)
+    meter.eval_seconds = 100.0  # three eval points: not the budget's time
+    budget = Budget.parse("2m")
+    assert clock(meter, budget, budget.fraction_spent(meter)) == "train 00:30/02:00, ~01:30 left, eval 01:40"
+    assert clock(meter, Budget.parse("1ep"), 0.5) == "train 00:30, ~00:30 left, eval 01:40"

@@ -13,7 +13,7 @@ from conftest import bench, bench_inprocess
     (["run", "--model", "stylegan9"], "unknown model 'stylegan9'"),
     (["run", "--set", "lr_gg=1"], "unknown key 'lr_gg'"),
     (["run", "--set", "batch_size=big"], "batch_size must be int"),
-    (["run", "--experiment", "missing.toml"], "experiment file not found"),
+    (["run", "--spec", "missing.toml"], "spec file not found"),
     (["run", "--resume", "0123456789abcdef"], "no MLflow run"),
     (["run", "--resume", ""], "an empty run id"),
     (["run", "--restart"], "--restart goes with --resume"),
@@ -34,7 +34,7 @@ def test_data_errors_empty_nonimage_unreadable_experiment(tmp_path, capsys):
     (tmp_path / "bad.toml").write_bytes(b"\xff\xfe not toml")
     for args, message in [(["run", "--data", str(tmp_path / "empty")], "no images found"),
                           (["run", "--data", str(tmp_path / "texts")], "no images found"),
-                          (["run", "--experiment", str(tmp_path / "bad.toml")], "experiment file")]:
+                          (["run", "--spec", str(tmp_path / "bad.toml")], "spec file")]:
         code, _, err = bench_inprocess(*args, "--quiet", capsys=capsys)
         assert code != 0 and "Traceback" not in err
         lines = [line for line in err.splitlines() if line.strip()]

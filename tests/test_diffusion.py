@@ -165,3 +165,29 @@ def test_stochastic_samplers_with_an_oracle_keep_the_forward_marginals(sampler, 
         std_err = (1 - ab) ** 0.5 / 20_000**0.5
         assert torch.allclose(x_t.mean(0), ab**0.5 * x0[0], atol=5 * std_err + 1e-4), t
         assert torch.allclose(x_t.var(0), torch.full_like(x0[0], 1 - ab), rtol=0.05, atol=1e-5), t
+
+
+def test_sampling_reports_progress_with_every_network_pass(capsys):
+    """A DDIM batch moves the bar after each pass (it sat still for minutes per batch); a GAN's at its end."""
+    from benchmark.metrics import draw
+    from benchmark.models.common import SAMPLING_PROGRESS
+
+    spec = build_spec("ddpm", ddpm.DEFAULTS, overrides=["ch=8", "ch_mult=[1, 2]", "num_res_blocks=1",
+                                                        "attn_resolutions=[]", "sampler_steps=5"])
+    model = ddpm.DDPM(spec, CPU, "fp32", size=16)
+    reported: list[float] = []
+    token = SAMPLING_PROGRESS.set(reported.append)
+    try:
+        model.sample(3, torch.Generator().manual_seed(0))
+    finally:
+        SAMPLING_PROGRESS.reset(token)
+    assert reported == [pytest.approx(1 / 5)] * 4  # after passes 1-4; the 5th ends the call
+    inside = []
+    sample = model.sample
+    model.sample = lambda n, g: (inside.append(SAMPLING_PROGRESS.get()), sample(n, g))[1]
+    batches = draw(model, 5, torch.Generator().manual_seed(0), 3, progress=True, desc="sampling")
+    assert [len(b) for b in batches] == [3, 2] and len(inside) == 2 and None not in inside  # the bar listens
+    assert "0/5 img" in capsys.readouterr().err  # counted in images
+    assert SAMPLING_PROGRESS.get() is None  # nothing left set for later sample() calls
+    draw(model, 2, torch.Generator().manual_seed(0), 2, progress=False)
+    assert inside[-1] is None  # no bar, nothing reported

@@ -28,10 +28,10 @@ def test_model_diffusion_is_the_seed_ldm_then_reuse(celeba, capsys, caplog):
     assert "encoding 4591 images into latents" in caplog.text
 
     caplog.clear()  # stage 1 from that run: same autoencoder weights, so the cached latents are reused
-    code, _, err = bench_inprocess("run", "--model", "ldm", "--experiment", "seed-ldm", "--budget", "20img",
+    code, _, err = bench_inprocess("run", "--model", "ldm", "--spec", "seed-ldm", "--budget", "20img",
                                    "--data", str(celeba), *NARROW, "--set", f"autoencoder_run={run.info.run_id}",
                                    capsys=capsys)
-    assert code != 0 and "experiment file not found" in err  # a name is not a path: one clear line
+    assert code != 0 and "spec file not found" in err  # a name is not a path: one clear line
     code, _, err = bench_inprocess("run", "--model", "ldm", "--budget", "20img", "--data", str(celeba), *NARROW,
                                    "--set", f"autoencoder_run={run.info.run_id}", "--set", "batch_size=5",
                                    "--experiment-name", "reuse", capsys=capsys)
@@ -53,6 +53,6 @@ def test_model_diffusion_is_the_seed_ldm_then_reuse(celeba, capsys, caplog):
 
     code, _, err = bench_inprocess("eval", run.info.run_id, "--sampler-steps", "ten", capsys=capsys)
     assert code != 0 and "positive integers" in err and "Traceback" not in err
-    code, _, err = bench_inprocess("run", "--model", "diffusion", "--experiment",
+    code, _, err = bench_inprocess("run", "--model", "diffusion", "--spec",
                                    str(ROOT / "experiments" / "smoke-ldm.toml"), capsys=capsys)
     assert code != 0 and "already means seed-ldm.toml" in err

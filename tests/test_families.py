@@ -21,13 +21,13 @@ SMALL_DIFFUSION = ["--set", "sampler_steps=4", "--set", "batch_size=16", "--set"
 # family -> (arguments shrinking its smoke experiment to seconds, budget, images seen at which to kill)
 FAMILIES = {
     "dcgan": ([*TINY], "320img", [128]),
-    "wgan-gp": (["--experiment", str(ROOT / "experiments/smoke-wgan-gp.toml"), "--set", "ngf=8", "--set", "ndf=8",
+    "wgan-gp": (["--spec", str(ROOT / "experiments/smoke-wgan-gp.toml"), "--set", "ngf=8", "--set", "ndf=8",
                  "--set", "batch_size=16", "--set", "n_critic=2"], "320img", [128]),
     # dropout on (the ddpm default): its masks come from the global RNG, which must resume exactly too
-    "ddpm": (["--experiment", str(ROOT / "experiments/smoke-ddpm.toml"), *SMALL_DIFFUSION, "--set", "ch=8",
+    "ddpm": (["--spec", str(ROOT / "experiments/smoke-ddpm.toml"), *SMALL_DIFFUSION, "--set", "ch=8",
               "--set", "ch_mult=[1, 2, 2, 2]", "--set", "dropout=0.1"], "160img", [64]),
     # killed once while training the autoencoder and once in latent diffusion (the switch is at 96 images)
-    "ldm": (["--experiment", str(ROOT / "experiments/smoke-ldm.toml"), *SMALL_DIFFUSION, "--set", "ae_ch=8",
+    "ldm": (["--spec", str(ROOT / "experiments/smoke-ldm.toml"), *SMALL_DIFFUSION, "--set", "ae_ch=8",
              "--set", "ch=16", "--set", "ae_fraction=0.3"], "320img", [48, 160]),
 }
 
@@ -120,3 +120,5 @@ def test_family_runs_logs_and_resumes_bit_exactly_after_sigkill(family, celeba, 
     run = client.get_run(killed_id)
     assert run.info.status == "FINISHED" and run.data.tags["resumed"] == str(len(kill_at))
     assert len(_run_ids()) == 2  # resumed into the same MLflow run, no new one
+    images = [a.path for a in client.list_artifacts(killed_id, "images") if a.path.endswith(".png")]
+    assert sorted(int(p.split("+step+")[1].split("+")[0]) for p in images) == [0, 1]  # each grid once

@@ -11,8 +11,9 @@ from conftest import TINY, bench_inprocess
 METRICS = ["--set", "eval.samples=16", "--set", "eval.real_samples=32", "--set", "eval.points=2"]
 
 
-def test_dcgan_run_on_celeba_logs_everything_and_reuses_caches(celeba, capsys, caplog, tmp_path):
+def test_dcgan_run_on_celeba_logs_everything_and_reuses_caches(celeba, capsys, caplog, tmp_path, monkeypatch):
     caplog.set_level(logging.INFO)
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")  # a short run still gets samples
     args = ["run", "--model", "dcgan", "--data", str(celeba), "--budget", "64img", *TINY, *METRICS,
             "--set", "log_every=1"]
     code, _, err = bench_inprocess(*args, capsys=capsys)
@@ -39,6 +40,19 @@ def test_dcgan_run_on_celeba_logs_everything_and_reuses_caches(celeba, capsys, c
     grids = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
     assert grids == {"samples/grid_0000000032.png", "samples/grid_0000000064.png"}
     assert "computing real statistics" in caplog.text
+    # what the MLflow UI shows: the data as a dataset input, grids as images stepping through the eval points,
+    # a description with the result and how it was made, system metrics
+    (dataset,) = run.inputs.dataset_inputs
+    assert dataset.dataset.name == "celeba" and dataset.dataset.digest == tags["dataset_fingerprint"]
+    assert '"num_images": 4591' in dataset.dataset.profile and {t.key: t.value for t in dataset.tags} == {
+        "mlflow.data.context": "train", "split": "train"}
+    images = [a.path for a in client.list_artifacts(run.info.run_id, "images") if a.path.endswith(".png")]
+    assert sorted(int(p.split("+step+")[1].split("+")[0]) for p in images) == [0, 1]  # eval points 0 and 1
+    assert all("/samples~grid+" in p for p in images)
+    note = tags["mlflow.note.content"]
+    assert note.startswith("dcgan on celeba (train, 4,591 images at 64x64), budget 64img, seed 0.")
+    assert "Result: KID x 1000 = " in note and "after 64 images" in note and "16 generated vs 32 real" in note
+    assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics), sorted(run.data.metrics)
 
     caplog.clear()
     code, _, err = bench_inprocess(*args, "--experiment-name", "again", capsys=capsys)

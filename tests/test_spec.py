@@ -45,3 +45,38 @@ def test_hash_changes_with_any_field(override):
     base = build_spec("dcgan", DEFAULTS)
     assert base.hash() == build_spec("dcgan", DEFAULTS).hash()
     assert build_spec("dcgan", DEFAULTS, overrides=[override]).hash() != base.hash()
+
+
+def test_show_spec_lists_every_key_with_a_meaning_and_the_readme_holds_its_tables(capsys):
+    from benchmark.models import FAMILIES, key_help
+    from benchmark.spec import COMMON, EVAL, spec_table
+    from conftest import bench_inprocess
+
+    readme = (ROOT / "README.md").read_text()
+    for name, (_, defaults, _) in FAMILIES.items():
+        table = spec_table(name, defaults, key_help(name))
+        rows = [line for line in table.splitlines()[2:]]
+        assert len(rows) == len({**COMMON, **defaults}) + len(EVAL)
+        assert all(not row.endswith("|  |") for row in rows), [r for r in rows if r.endswith("|  |")]  # a meaning each
+        assert table in readme, f"README's {name} table is stale: paste `bench run --model {name} --show-spec`"
+        code, out, err = bench_inprocess("run", "--model", name, "--show-spec", capsys=capsys)
+        assert code == 0 and out.strip() == table, err
+    # the value the rest of the command line gives a key is shown beside its default
+    code, out, _ = bench_inprocess("run", "--model", "dcgan", "--show-spec", "--set", "lr_g=2e-4", "--budget", "5m",
+                                   capsys=capsys)
+    assert "| this command line |" in out.splitlines()[0]
+    assert "| `lr_g` | `0.0001` | float | Adam learning rate of G | `0.0002` |" in out and "| `\"5m\"` |" in out
+    # the alias brings its spec file: the seed report's ldm settings show as what this command line gives
+    code, out, _ = bench_inprocess("run", "--model", "diffusion", "--show-spec", capsys=capsys)
+    assert "| `batch_size` | `128` | int | images per training step | `5` |" in out
+
+
+def test_experiment_is_the_deprecated_name_of_spec(tmp_path, capsys):
+    from conftest import bench_inprocess
+
+    spec = ROOT / "experiments" / "seed-dcgan.toml"
+    code, out, err = bench_inprocess("run", "--experiment", str(spec), "--show-spec", capsys=capsys)
+    assert code == 0 and "--experiment FILE is deprecated on bench run: use --spec FILE" in err
+    assert "| `budget` | `\"2m\"` | str |" in out and "`\"50ep\"` |" in out  # the file's settings were read
+    code, _, err = bench_inprocess("run", "--experiment", str(spec), "--spec", str(spec), capsys=capsys)
+    assert code == 2 and "give the spec file once" in err

@@ -1,15 +1,10 @@
 """Optuna studies on real storage (journal file, PostgreSQL), real MLflow nesting, real training trials."""
 
-import glob
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import optuna
 import pytest
@@ -64,34 +59,8 @@ def test_six_trials_two_workers_on_a_journal_file_one_diverging(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def postgres():
-    """A real PostgreSQL server on 127.0.0.1 and a private port, started by the suite itself."""
-    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
-    if not bins:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL server binaries missing in CI: .ci/run must install Debian's postgresql")
-        pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql)")
-    bindir = os.path.dirname(bins[-1])
-    # Not under pytest's tmp folder: that is private to root, and the server runs as the postgres user.
-    base = tempfile.mkdtemp(prefix="facebench-pg-")
-    data = Path(base) / "data"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    as_root = os.geteuid() == 0
-    prefix = ["runuser", "-u", "postgres", "--"] if as_root else []
-    os.chmod(base, 0o755)
-    if as_root:
-        shutil.chown(base, "postgres")
-    subprocess.run([*prefix, f"{bindir}/initdb", "-D", str(data), "-U", "postgres", "--auth=trust"],
-                   check=True, capture_output=True)
-    subprocess.run([*prefix, f"{bindir}/pg_ctl", "-D", str(data), "-l", str(data.parent / "log"), "-w", "-o",
-                    f"-h 127.0.0.1 -p {port} -k {data.parent}", "start"], check=True, capture_output=True)
-    subprocess.run([f"{bindir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "optuna"],
-                   check=True, capture_output=True)
-    yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/optuna"
-    subprocess.run([*prefix, f"{bindir}/pg_ctl", "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
-    shutil.rmtree(base, ignore_errors=True)
+def postgres(postgres_server):
+    return postgres_server("optuna")
 
 
 def test_six_trials_two_workers_on_postgresql(postgres):

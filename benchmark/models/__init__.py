@@ -21,6 +21,7 @@ from typing import Any
 from benchmark.errors import UserError
 from benchmark.models import dcgan, ddpm, ldm, wgan_gp
 
+# name: (class, spec defaults, what it is); each module's HELP says what its keys mean
 FAMILIES = {
     "dcgan": (dcgan.DCGAN, dcgan.DEFAULTS, "the seed's DCGAN (Radford et al. 2016): BCE, Adam, z=100"),
     "wgan-gp": (wgan_gp.WGANGP, wgan_gp.DEFAULTS, "DCGAN backbone, Wasserstein loss + gradient penalty "
@@ -29,7 +30,7 @@ FAMILIES = {
     "ldm": (ldm.LDM, ldm.DEFAULTS, "latent diffusion (Rombach et al. 2022): KL autoencoder f=4 (64x64x3 -> "
             "16x16x4) trained in the same run, then a UNet on its latents"),
 }
-# The user's own words: names that stand for a family with an experiment file's settings.
+# The user's own words: names that stand for a family with an spec file's settings.
 ALIASES = {
     "diffusion": ("ldm", "seed-ldm.toml", "the seed report's latent diffusion as it wrote it "
                   "(ldm with experiments/seed-ldm.toml: batch 5, lr 3e-4, 40 epochs)"),
@@ -44,13 +45,18 @@ def family(name: str) -> tuple[type, dict[str, Any]]:
     return cls, defaults
 
 
+def key_help(name: str) -> dict[str, str]:
+    """What each of a family's own spec keys means (bench run --show-spec)."""
+    return {"dcgan": dcgan.HELP, "wgan-gp": wgan_gp.HELP, "ddpm": ddpm.HELP, "ldm": ldm.HELP}[name]
+
+
 def resolve(name: str, experiment: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(family, experiment settings) for a --model name; an alias brings its experiment file along."""
+    """(family, experiment settings) for a --model name; an alias brings its spec file along."""
     if name not in ALIASES:
         return name, experiment
     if experiment:
         raise UserError(f"--model {name} already means {ALIASES[name][1]}; give --model {ALIASES[name][0]} "
-                        "with --experiment to start from another file")
+                        "with --spec to start from another file")
     from benchmark.spec import load_toml
 
     fam, file, _ = ALIASES[name]

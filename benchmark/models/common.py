@@ -5,11 +5,16 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from contextvars import ContextVar
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+# Whoever shows a progress bar sets this around a sample() call; a family that makes many network passes per
+# image (diffusion) reports the fraction of the call each pass completed. Families know nothing of the bar.
+SAMPLING_PROGRESS: ContextVar[Callable[[float], None] | None] = ContextVar("sampling_progress", default=None)
 
 
 def pick_device(name: str = "auto") -> torch.device:

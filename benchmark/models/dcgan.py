@@ -22,6 +22,15 @@ DEFAULTS: dict[str, Any] = {
     "beta1": 0.5,
     "beta2": 0.9999,  # as the report writes it
 }
+HELP = {
+    "z_dim": "length of G's noise vector z",
+    "ngf": "G's width: channels of its last hidden layer (x8, x4, x2, x1 from 4x4 up)",
+    "ndf": "D's width: channels of its first layer",
+    "lr_g": "Adam learning rate of G",
+    "lr_d": "Adam learning rate of D",
+    "beta1": "Adam beta1 (both nets)",
+    "beta2": "Adam beta2 (both nets); the seed report's 0.9999 as written, the tutorial's 0.999",
+}
 
 
 class Generator(nn.Module):

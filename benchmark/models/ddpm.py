@@ -35,6 +35,26 @@ DEFAULTS: dict[str, Any] = {
     # bench calibrate --families); on CUDA with bf16 channels_last is the faster layout: set it there.
     "channels_last": False,
 }
+HELP = {
+    "ch": "UNet base channels",
+    "ch_mult": "channel multiplier per UNet level (one downsampling between levels)",
+    "num_res_blocks": "residual blocks per UNet level",
+    "attn_resolutions": "feature-map sides with self-attention",
+    "dropout": "dropout in the residual blocks",
+    "schedule": "noise schedule: linear (Ho et al.) or cosine (Nichol & Dhariwal)",
+    "timesteps": "diffusion steps T of training",
+    "prediction": "what the UNet predicts: eps (noise) or v",
+    "lr": "Adam learning rate",
+    "beta1": "Adam beta1",
+    "beta2": "Adam beta2",
+    "warmup_steps": "linear learning-rate warm-up, steps",
+    "grad_clip": "gradient-norm clip; 0: none",
+    "ema_decay": "decay of the EMA weights that sample (with warm-up)",
+    "sampler": "ddim or ddpm (ancestral), on sampler_steps of the T steps",
+    "sampler_steps": "network evaluations per sampled image",
+    "sampler_eta": "DDIM's eta: 0 deterministic, 1 as stochastic as DDPM",
+    "channels_last": "NHWC layout; off: ~4% slower on CPU for the UNet (bench calibrate --families)",
+}
 
 
 def check_choices(spec) -> None:

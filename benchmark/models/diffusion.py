@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmark.models.common import SAMPLING_PROGRESS
+
 SCHEDULES = ("linear", "cosine")
 PREDICTIONS = ("eps", "v")
 SAMPLERS = ("ddim", "ddpm")
@@ -87,7 +89,10 @@ class GaussianDiffusion:
         ddpm: the Gaussian posterior q(x_prev | x_t, x0) on the respaced schedule (Nichol & Dhariwal)."""
         x = (x_T if x_T is not None else torch.randn(shape, generator=generator)).to(device, torch.float32)
         ts = timesteps(self.T, steps)
+        report = SAMPLING_PROGRESS.get()
         for i, t in enumerate(ts):
+            if report is not None and i > 0:
+                report(1 / len(ts))
             prev = ts[i + 1] if i + 1 < len(ts) else -1
             ab_t = float(self.alphas_cumprod[t])
             ab_prev = float(self.alphas_cumprod[prev]) if prev >= 0 else 1.0

@@ -43,6 +43,20 @@ DEFAULTS: dict[str, Any] = {
     "ae_fraction": 0.25,  # share of the budget for stage 1
     "autoencoder_run": "",  # reuse the autoencoder of this earlier ldm run; stage 1 is then skipped
 }
+HELP = {
+    **ddpm.HELP,
+    "ch": "latent UNet base channels",
+    "lr": "Adam learning rate of the latent UNet (the seed's 3e-4)",
+    "ae_ch": "autoencoder base channels",
+    "ae_ch_mult": "autoencoder channel multiplier per level; three levels downsample by 4",
+    "ae_res_blocks": "residual blocks per autoencoder level",
+    "latent_channels": "channels of the latent (16x16 at f=4)",
+    "ae_lr": "Adam learning rate of the autoencoder",
+    "ae_recon": "autoencoder reconstruction loss: l1 or l2",
+    "kl_weight": "weight of the KL term that keeps latents near N(0, I)",
+    "ae_fraction": "share of the budget for stage 1 (the autoencoder)",
+    "autoencoder_run": "an earlier ldm run whose autoencoder is reused: stage 1 skipped, its cost charged",
+}
 STAGES = ("autoencoder", "diffusion")
 
 

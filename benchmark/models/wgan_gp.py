@@ -13,6 +13,7 @@ from benchmark.errors import UserError
 from benchmark.models.common import autocast, flops_per_image
 from benchmark.models.dcgan import DCGAN, Discriminator, _check_finite
 from benchmark.models.dcgan import DEFAULTS as DCGAN_DEFAULTS
+from benchmark.models.dcgan import HELP as DCGAN_HELP
 
 DEFAULTS: dict[str, Any] = {
     **DCGAN_DEFAULTS,  # the same G and widths, lr 1e-4, beta1 0.5
@@ -20,6 +21,15 @@ DEFAULTS: dict[str, Any] = {
     "n_critic": 5,
     "gp_weight": 10.0,
     "critic_norm": "layer",  # layer | none: BatchNorm would couple the samples the penalty is taken on
+}
+HELP = {
+    **DCGAN_HELP,
+    "lr_d": "Adam learning rate of the critic",
+    "beta2": "Adam beta2 (both nets); Gulrajani et al. use 0.9",
+    "ndf": "the critic's width: channels of its first layer",
+    "n_critic": "critic steps per generator step",
+    "gp_weight": "weight of the gradient penalty (lambda)",
+    "critic_norm": "normalisation in the critic: layer or none (BatchNorm would couple the penalised samples)",
 }
 
 

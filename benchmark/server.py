@@ -1,0 +1,111 @@
+"""MLflow's web servers, started for the user and announced only once they answer: `bench ui` (the UI on a
+store, at the runs table) and `bench server` (a team tracking server: a database for runs, proxied artifacts)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import click
+from mlflow.tracking import MlflowClient
+
+from benchmark.data import cache_root
+from benchmark.errors import UserError
+from benchmark.tracking import find_experiments, runs_table_url
+
+
+def experiment_to_open(name: str | None, client: MlflowClient) -> str | None:
+    """The id of the named experiment (or a spec file's), else of the one with the latest run; None if empty."""
+    if name:
+        return find_experiments([name], client)[0].experiment_id
+    ids = [e.experiment_id for e in client.search_experiments()]
+    latest = client.search_runs(ids, max_results=1, order_by=["attributes.start_time DESC"]) if ids else []
+    return latest[0].info.experiment_id if latest else None
+
+
+def ui(uri: str, host: str, port: int, experiment: str | None, timeout: float) -> None:
+    """`mlflow ui` on uri; prints the runs table's address once it answers."""
+    experiment_id = experiment_to_open(experiment, MlflowClient(uri))
+    base = f"http://{host}:{port}"
+    where = runs_table_url(base, experiment_id) if experiment_id else f"{base}/ (the store has no runs yet)"
+    serve(["ui", "--backend-store-uri", uri], host, port, timeout, f"open {where}")
+
+
+def tracking_server(backend: str, artifacts: str, host: str, port: int, workers: int, timeout: float) -> None:
+    """`mlflow server` with a database backend and proxied artifact storage: clients on other machines log
+    runs, grids and checkpoints over HTTP alone (their artifact URIs are mlflow-artifacts:/...)."""
+    if "://" not in backend:
+        raise UserError(f"--backend-store-uri {backend!r} is not a database URL (sqlite:///runs.db, "
+                        "postgresql+psycopg2://user@host/db)")
+    if "://" not in artifacts:
+        Path(artifacts).mkdir(parents=True, exist_ok=True)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: serving on {host}: anyone who reaches this port can read and write runs "
+                   "(MLflow's server has no authentication here); put it behind a proxy with auth", err=True)
+    address = f"http://{host}:{port}"
+    serve(["server", "--backend-store-uri", backend, "--artifacts-destination", artifacts, "--serve-artifacts",
+           "--workers", str(workers)], host, port, timeout,
+          f"tracking server at {address} (runs in {backend}, artifacts in {artifacts}); on each client: "
+          f"export MLFLOW_TRACKING_URI={address}")
+
+
+def serve(command: list[str], host: str, port: int, timeout: float, announce: str) -> None:
+    """Start `mlflow COMMAND`, wait until /health answers (tens of seconds on a small CPU), print `announce`,
+    and stay in the foreground until Ctrl-C or SIGTERM, which stop the server too."""
+    log_path = cache_root() / "servers" / f"mlflow-{command[0]}-{port}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as server_log:
+        server = subprocess.Popen([sys.executable, "-m", "mlflow", *command, "--host", host, "--port", str(port)],
+                                  stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True)
+    click.echo(f"starting mlflow {command[0]} on http://{host}:{port} (its log: {log_path}) ...", err=True)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # stop as Ctrl-C does: the server goes too
+    try:
+        local = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # where this machine reaches it
+        _wait_until_healthy(server, f"http://{local}:{port}/health", timeout, log_path)
+        click.echo(announce)
+        server.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _stop(server)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
+def _wait_until_healthy(server: subprocess.Popen, url: str, timeout: float, log_path: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise UserError(f"mlflow exited ({server.returncode}) before it answered: {_last_line(log_path)}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    _stop(server)
+    raise UserError(f"mlflow did not answer within {timeout:.0f} s; its log: {log_path}")
+
+
+def _last_line(path: Path) -> str:
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "no output"
+
+
+def _stop(server: subprocess.Popen) -> None:
+    if server.poll() is None:
+        try:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
