@@ -101,6 +101,7 @@ class Meter:
     images_seen: int = 0
     steps: int = 0
     device_seconds: float = 0.0  # training only: evaluation and checkpoints are counted apart
+    wall_seconds: float = 0.0  # training steps' wall time; device_seconds is it times the devices
     eval_seconds: float = 0.0
     flops: float = 0.0
     dataset_size: int = 1
@@ -122,6 +123,7 @@ class Meter:
     def add_step(self, images: int, seconds: float, flops_per_image: float) -> None:
         self.images_seen += images
         self.steps += 1
+        self.wall_seconds += seconds
         self.device_seconds += seconds * self.devices
         self.flops += images * flops_per_image
 

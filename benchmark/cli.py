@@ -79,15 +79,28 @@ def cli() -> None:
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE",
               help="An extra MLflow tag on the run (e.g. compare=NAME, as bench compare --print-commands writes).")
 @click.option("--run-name", help="MLflow run name; default model-budget-sSEED, e.g. dcgan-2m-s0.")
+@click.option("--nproc", type=click.IntRange(1), default=1, show_default=True,
+              help="Data-parallel ranks on this machine, through torch's elastic launcher (gloo on CPU, nccl on "
+              "CUDA): each trains its slice of every global batch. For several machines use torchrun "
+              "--nnodes N --nproc-per-node K -m benchmark.cli run ... instead.")
 @click.option("--show-spec", is_flag=True, help="Print every spec key of --model with its default, type and meaning "
               "(and the value this command line gives it), then exit without training.")
 @device_option
 @tracking_option
 @quiet_option
 def run(model, spec_file, old_spec_file, data, budget, overrides, seed, resume_id, restart, experiment_name, tags,
-        run_name, show_spec, device, tracking_uri, quiet) -> None:
+        run_name, nproc, show_spec, device, tracking_uri, quiet) -> None:
     """Train a model under a budget, evaluating and checkpointing as it goes, all logged to MLflow."""
     from benchmark import runner
+
+    if nproc > 1 and "WORLD_SIZE" not in os.environ and not show_spec:
+        from benchmark import distributed
+
+        _setup_logging(quiet)
+        _tracking(tracking_uri)  # an unusable store is one line here, not one per rank
+        distributed.launch(nproc, _without_nproc(sys.argv[1:]))
+        return
+    quiet = quiet or int(os.environ.get("RANK", "0")) > 0  # one bar: rank 0's
     from benchmark.models import family, key_help, resolve
     from benchmark.spec import build_spec, load_toml, spec_table
 
@@ -126,6 +139,19 @@ def run(model, spec_file, old_spec_file, data, budget, overrides, seed, resume_i
         extra["spec_file"] = Path(spec_file).name
         experiment_name = experiment_name or Path(spec_file).stem
     runner.start(spec, device, experiment_name, run_name, progress=not quiet, extra_tags=extra or None)
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line each rank runs: the same, without --nproc (a rank launches nothing)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
 
 
 run.help += "\n\n\b\nModels:\n" + "\n".join(f"  {line}" for line in _models_help().split("; "))
@@ -460,6 +486,11 @@ def main() -> None:
         click.echo("interrupted", err=True)
         sys.exit(130)
     except BaseException as err:
+        distributed = sys.modules.get("benchmark.distributed")
+        if distributed is not None and distributed.lost_peer(err):
+            line = (str(err).strip().splitlines() or [""])[0]
+            click.echo(f"rank {distributed.world().rank} stopped: another rank is gone ({line[:200]})", err=True)
+            sys.exit(1)
         train = sys.modules.get("benchmark.train")  # loaded wherever a run can have been interrupted
         if train is not None and isinstance(err, train.Interrupted):
             if err.run_id is None:

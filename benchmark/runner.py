@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import optuna
 import torch
 
-from benchmark import checkpoint
+from benchmark import checkpoint, distributed
 from benchmark import data as data_mod
 from benchmark.errors import UserError
 from benchmark.loss_plot import plot_losses
@@ -19,7 +21,7 @@ from benchmark.metrics import headline
 from benchmark.models import family
 from benchmark.models.common import pick_device, precision_reason, resolve_precision
 from benchmark.spec import RunSpec, build_spec, load_toml
-from benchmark.tracking import Tracker, environment_tags, runs_table_url
+from benchmark.tracking import Silent, Tracker, environment_tags, runs_table_url
 from benchmark.train import Interrupted, train
 
 log = logging.getLogger(__name__)
@@ -37,11 +39,19 @@ def start(spec: RunSpec, device_name: str = "auto", experiment_name: str | None 
     """Start a new run of spec and train it to its budget; returns the MLflow run id.
 
     extra_tags, on_eval and on_tracker let a study nest the run under its parent and prune it."""
-    device = pick_device(device_name)
+    device = pick_device(distributed.local_device(device_name))
+    w = distributed.init(device)
     cls, _ = family(spec.model)
-    prepared = prepare_data(spec, progress)
+    check_world(spec, w)
+    prepared = prepare_data(spec, progress and w.main)
     precision = resolve_precision(spec.precision, device)
-    log.info("precision %s", precision_reason(spec.precision, precision, device))
+    if w.main:
+        log.info("precision %s", precision_reason(spec.precision, precision, device))
+    if not w.main:  # ranks other than 0 train the run rank 0 created, silently
+        run_id, folder = distributed.broadcast(None)
+        with terminate_raises():
+            _train_tracked(spec, cls, device, precision, prepared, Silent(run_id, Path(folder)), False)
+        return run_id
     tags = {
         **environment_tags(device),
         "budget": spec.budget,
@@ -55,6 +65,7 @@ def start(spec: RunSpec, device_name: str = "auto", experiment_name: str | None 
         "spec_hash": spec.hash(),
         **({"autoencoder_reused": spec.autoencoder_run} if spec.values.get("autoencoder_run") else {}),
         "mlflow.note.content": description(spec, prepared),
+        **({"world_size": w.size, "batchnorm_sync": f"global batch over {w.size} ranks"} if w.size > 1 else {}),
         **(extra_tags or {}),
     }
     with terminate_raises():
@@ -67,6 +78,8 @@ def start(spec: RunSpec, device_name: str = "auto", experiment_name: str | None 
             tracker.publish("spec.toml")
             log.info("MLflow run %s; runs table: %s", tracker.run_id,
                      runs_table_url("http://127.0.0.1:5000", tracker.experiment_id))
+            announce_run(tracker.run_id)
+            distributed.broadcast((tracker.run_id, str(tracker.dir)))
             if on_tracker is not None:
                 on_tracker(tracker)
             _train_tracked(spec, cls, device, precision, prepared, tracker, progress, on_eval)
@@ -86,9 +99,38 @@ def default_run_name(spec: RunSpec, extra_tags: dict | None = None) -> str:
     return f"{typed}-{spec.budget.replace('|', '+')}-s{spec.seed}"
 
 
+def check_world(spec: RunSpec, w: distributed.World) -> None:
+    if w.size == 1:
+        return
+    if spec.model == "ldm":
+        raise UserError("ldm does not train on several ranks yet (its stage switch and latent cache are per "
+                        "process); run it with --nproc 1")
+    if spec.batch_size % w.size:
+        raise UserError(f"batch_size {spec.batch_size} does not split over {w.size} ranks; make it a multiple")
+
+
+def announce_run(run_id: str) -> None:
+    """Tell `bench run --nproc` which run its ranks train, for the line it prints if one of them fails."""
+    path = os.environ.get("BENCH_RUN_ID_FILE")
+    if path:
+        Path(path).write_text(run_id)
+
+
 def resume(run_id: str, device_name: str = "auto", progress: bool = True, restart: bool = False) -> str:
     """Continue a killed or failed run from its last checkpoint, into the same MLflow run. With restart, a run
-    without a checkpoint starts over in the same MLflow run, charged with the cost it had logged."""
+    without a checkpoint starts over in the same MLflow run, charged with the cost it had logged. Any number
+    of ranks resumes any checkpoint."""
+    device = pick_device(distributed.local_device(device_name))
+    w = distributed.init(device)
+    if not w.main:
+        saved, folder, precision, spent = distributed.broadcast(None)
+        cls, defaults = family(saved["model"])
+        spec = build_spec(saved["model"], defaults, saved)
+        prepared = prepare_data(spec, False)
+        with terminate_raises():
+            _train_tracked(spec, cls, device, precision, prepared, Silent(run_id, Path(folder)), False, spent=spent)
+        return run_id
+    announce_run(run_id)
     tracker = Tracker.open(run_id)
     spec_path = tracker.fetch("spec.toml")
     if not spec_path.is_file():
@@ -96,7 +138,7 @@ def resume(run_id: str, device_name: str = "auto", progress: bool = True, restar
     saved = load_toml(spec_path)
     cls, defaults = family(saved.get("model", ""))
     spec = build_spec(saved["model"], defaults, saved)
-    device = pick_device(device_name)
+    check_world(spec, w)
     with terminate_raises(), tracker.hold():
         run = tracker.client.get_run(run_id)
         if run.info.status == "FINISHED":
@@ -121,6 +163,8 @@ def resume(run_id: str, device_name: str = "auto", progress: bool = True, restar
         tracker.mark_resumed()
         if restart:
             tracker.tags({"restarted": "true"})
+        tracker.tags({"world_size": w.size})
+        distributed.broadcast((saved, str(tracker.dir), precision, spent))
         with ended(tracker):
             _train_tracked(spec, cls, device, precision, prepared, tracker, progress, spent=spent)
     return run_id
@@ -193,6 +237,8 @@ def _train_tracked(spec: RunSpec, cls: type, device: torch.device, precision: st
         model.reuse_autoencoder(*reused_autoencoder(spec.autoencoder_run), origin=f"run {spec.autoencoder_run}")
     with tracker.system_metrics():
         meter = train(spec, model, prepared, tracker, progress, on_eval, spent)
+    if not distributed.world().main:
+        return
     losses = ("loss_d", "loss_g", "loss", "recon_l1")  # recon_l1: the ldm's autoencoder, per pixel
     per_iteration = {k: tracker.history(k) for k in losses}
     per_epoch = {k: tracker.history(f"{k}_epoch") for k in losses}

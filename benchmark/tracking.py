@@ -329,6 +329,45 @@ class Tracker:
         return [(m.step, m.value) for m in self.client.get_metric_history(self.run_id, key)]
 
 
+class Silent:
+    """The tracker of data-parallel ranks other than 0: they train the same run, but rank 0 alone logs to MLflow,
+    writes its checkpoint and evaluates. `dir` is rank 0's run folder, from which a resume loads."""
+
+    remote_artifacts = False
+
+    def __init__(self, run_id: str, folder: Path):
+        self.run_id, self.dir = run_id, folder
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        yield
+
+    @contextmanager
+    def system_metrics(self, interval: float = 10.0) -> Iterator[None]:
+        yield
+
+    def end(self, status: str, reason: str | None = None) -> None:
+        pass
+
+    def metric(self, key: str, value: float, step: int) -> None:
+        pass
+
+    def metrics(self, values: dict[str, float], step: int) -> None:
+        pass
+
+    def maybe_flush(self, every_seconds: float = 10.0) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def tags(self, values: dict) -> None:
+        pass
+
+    def publish_checkpoint(self) -> None:
+        pass
+
+
 def _alive(holder: str) -> bool:
     """A holder ('host pid N') on this machine is alive while its process is; elsewhere, its heartbeat says."""
     host, _, pid = holder.partition(" pid ")

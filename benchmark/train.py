@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from benchmark import checkpoint
+from benchmark import checkpoint, distributed
 from benchmark.budget import Meter
 from benchmark.data import Prepared
 from benchmark.errors import Diverged
@@ -108,7 +108,8 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
     on_eval sees each evaluation's values and the eval point's index (a study reports them to its pruner
     and may raise to stop). spent: device-seconds and FLOPs a restarted run had already used."""
     budget = spec.budget_obj
-    meter = Meter(dataset_size=len(data))
+    w = distributed.world()
+    meter = Meter(dataset_size=len(data), devices=w.size)
     loop = LoopState()
     ckpt_path = tracker.dir / checkpoint.LAST
     state = checkpoint.load_latest(ckpt_path)
@@ -117,6 +118,7 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
     if state is not None:
         model.load_state_dict(state["model"])
         meter.load_state_dict(state["meter"])
+        meter.devices = w.size  # a checkpoint from K ranks resumes on any number of them
         loop = LoopState(**state["loop"])
         torch.set_rng_state(state["torch_rng"])
         if torch.cuda.is_available() and "cuda_rng" in state:
@@ -129,6 +131,8 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
     real = None  # the reference features, loaded with the evaluator at the first eval point
 
     def save_checkpoint() -> None:
+        if not w.main:  # rank 0 writes the one checkpoint; every rank holds the same state
+            return
         start = time.perf_counter()
         checkpoint.save(ckpt_path, {
             "model": model.state_dict(),
@@ -144,8 +148,10 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
     def evaluate() -> None:
         # Building the Inception network draws its random init from the global RNG, which dropout in
         # training also reads: evaluation must leave it as it was, or evaluating would change training.
-        with rng_untouched():
-            _evaluate()
+        if w.main:  # rank 0 evaluates; the others wait for it at the barrier
+            with rng_untouched(), distributed.alone():
+                _evaluate()
+        distributed.barrier()
 
     def _evaluate() -> None:
         nonlocal evaluator, real
@@ -165,6 +171,7 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
         # "samples/" makes it a section of its own, above the metric charts.
         tracker.image("samples/grid", tracker.dir / rel, loop.next_eval - 1)
         values = {"images_seen": step, "epochs": meter.epochs, "device_hours": meter.device_hours,
+                  "wall_hours": meter.wall_seconds / 3600,
                   "pflops": meter.pflops, "steps": meter.steps, **stage_costs(meter),
                   "sample_nfe": model.sample_nfe, "sample_gflops_per_image": model.flops_per_sample() / 1e9,
                   "sample_seconds_per_image": grid_seconds / max(1, len(grid))}
@@ -215,15 +222,26 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
     try:
         while not budget.spent(meter):
             n = spec.batch_size if cap is None else min(spec.batch_size, cap - meter.images_seen)
+            n -= n % w.size  # K ranks take equal slices: a cut last batch loses its remainder
+            if n == 0:
+                break
             start = time.perf_counter()
             idx = batch_indices(meter.images_seen, n, len(data), spec.seed)
-            batch = _to_float(np.asarray(data.images[idx]))
-            losses = model.train_step(batch, indices=idx, fraction=budget.fraction_spent(meter), data=data)
+            mine = idx[w.rank * (n // w.size) : (w.rank + 1) * (n // w.size)]  # this rank's slice of the batch
+            batch = _to_float(np.asarray(data.images[mine]))
+            losses = model.train_step(batch, indices=mine, fraction=budget.fraction_spent(meter), data=data)
+            if w.size > 1:  # the global batch's mean losses; every rank charges the slowest rank's step
+                losses = dict(zip(losses, (v / w.size for v in distributed.agree(list(losses.values()), "sum")),
+                                  strict=True))
+                seconds, stopping = distributed.agree([time.perf_counter() - start, float(bool(stop))])
+                if stopping and not stop:
+                    stop.append(signal.SIGTERM)  # another rank was told to stop: all stop at this step
             bad = {k: v for k, v in losses.items() if not np.isfinite(v)}
             if bad:
                 raise Diverged(f"training diverged: {', '.join(f'{k}={v}' for k, v in bad.items())} "
                                f"at step {meter.steps + 1} ({meter.images_seen} images)")
-            seconds = time.perf_counter() - start
+            if w.size == 1:
+                seconds = time.perf_counter() - start
             flops = n * model.flops_per_train_image()
             meter.add_step(n, seconds, flops / n)
             meter.add_to_stage(getattr(model, "stage", None), n, seconds * meter.devices, flops)

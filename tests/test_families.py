@@ -66,11 +66,13 @@ def _kill_when(args, run_id, images, others):
                             stderr=subprocess.PIPE, env=os.environ.copy())
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
+        proc.send_signal(signal.SIGSTOP)  # still while we look: a tiny model steps faster than a checkpoint loads
         ids = [run_id] if run_id else _run_ids(exclude=others)
         state = _checkpoint(ids[0]) if ids else None
         if state is not None and state["meter"]["images_seen"] >= images:
             run_id = ids[0]
             break
+        proc.send_signal(signal.SIGCONT)
         time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

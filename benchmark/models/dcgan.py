@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.distributed import average_gradients, local_batchnorm, shard, sync_batchnorm, world
 from benchmark.errors import Diverged, UserError
 from benchmark.models.common import autocast, flops_per_image, to_uint8
 
@@ -116,8 +117,11 @@ class DCGAN:
         self.z_dim = spec.z_dim
         self.memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
         torch.manual_seed(spec.seed)
-        self.G = Generator(spec.z_dim, spec.ngf).apply(dcgan_init).to(device, memory_format=self.memory_format)
-        self.D = self._discriminator(spec).apply(dcgan_init).to(device, memory_format=self.memory_format)
+        # Over K ranks, BatchNorm normalises with the global batch's statistics, as one process would
+        self.G = sync_batchnorm(Generator(spec.z_dim, spec.ngf).apply(dcgan_init).to(device,
+                                                                                     memory_format=self.memory_format))
+        self.D = sync_batchnorm(self._discriminator(spec).apply(dcgan_init).to(device,
+                                                                              memory_format=self.memory_format))
         betas = (spec.beta1, spec.beta2)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=spec.lr_g, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=spec.lr_d, betas=betas)
@@ -134,6 +138,10 @@ class DCGAN:
     def _z(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return torch.randn(n, self.z_dim, 1, 1, generator=generator).to(self.device)
 
+    def _z_shard(self, n: int) -> torch.Tensor:
+        """Training noise for this rank's n: drawn for the global batch, so K ranks draw what one process does."""
+        return shard(self._z(n * world().size, self.noise))
+
     def train_step(self, real: torch.Tensor, **_) -> dict[str, float]:
         """One D step then one G step (non-saturating loss), as in the seed."""
         self._sampling_g = None
@@ -141,7 +149,7 @@ class DCGAN:
         n = real.shape[0]
         ones = torch.ones(n, device=self.device)
         zeros = torch.zeros(n, device=self.device)
-        z = self._z(n, self.noise)
+        z = self._z_shard(n)
 
         self.opt_d.zero_grad(set_to_none=True)
         with autocast(self.device, self.precision):
@@ -152,6 +160,7 @@ class DCGAN:
         # BCE in fp32 outside autocast: it is unsafe to autocast.
         loss_d = F.binary_cross_entropy(d_real.float(), ones) + F.binary_cross_entropy(d_fake.float(), zeros)
         loss_d.backward()
+        average_gradients(self.D.parameters())
         self.opt_d.step()
 
         self.opt_g.zero_grad(set_to_none=True)
@@ -163,6 +172,7 @@ class DCGAN:
         _check_finite(d_fake_g)
         loss_g = F.binary_cross_entropy(d_fake_g.float(), ones)
         loss_g.backward()
+        average_gradients(self.G.parameters())
         self.D.requires_grad_(True)
         self.opt_g.step()
         return {
@@ -187,7 +197,7 @@ class DCGAN:
         the running averages recomputed in train mode from fresh noise, then eval mode."""
         if self._sampling_g is not None and self._sampling_g[0] == self.bn:
             return self._sampling_g[1]
-        g = copy.deepcopy(self.G)
+        g = local_batchnorm(copy.deepcopy(self.G))  # rank 0 samples alone: no statistics over ranks
         if self.bn == "running":
             g.eval()
         elif self.bn == "standing":

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from benchmark.distributed import average_gradients
 from benchmark.errors import UserError
 from benchmark.models.common import autocast, flops_per_image, to_uint8
 from benchmark.models.diffusion import PREDICTIONS, SAMPLERS, SCHEDULES, GaussianDiffusion, timesteps
@@ -107,6 +108,7 @@ class DDPM:
         self.opt.zero_grad(set_to_none=True)
         loss = self.diffusion.loss(self.net, x0, self.noise, self._amp)
         loss.backward()
+        average_gradients(self.net.parameters())
         if self.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.grad_clip)
         self.opt.step()

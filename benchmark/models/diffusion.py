@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmark.distributed import shard, world
 from benchmark.models.common import SAMPLING_PROGRESS
 
 SCHEDULES = ("linear", "cosine")
@@ -62,9 +63,10 @@ class GaussianDiffusion:
     def loss(self, net: Callable, x0: torch.Tensor, generator: torch.Generator,
              amp: Callable[[], AbstractContextManager] = nullcontext) -> torch.Tensor:
         """The simple MSE objective at a uniformly drawn t; noise comes from `generator` (resumable)."""
-        n = x0.shape[0]
-        t = torch.randint(0, self.T, (n,), generator=generator)
-        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        # drawn for the global batch, then this rank's slice: K ranks draw what one process draws
+        n = x0.shape[0] * world().size
+        t = shard(torch.randint(0, self.T, (n,), generator=generator))
+        noise = shard(torch.randn((n, *x0.shape[1:]), generator=generator)).to(x0.device)
         x_t = self.q_sample(x0, t, noise)
         with amp():
             out = net(x_t, t.to(x0.device))

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from benchmark.distributed import average_gradients, shard, world
 from benchmark.errors import UserError
 from benchmark.models.common import autocast, flops_per_image
 from benchmark.models.dcgan import DCGAN, Discriminator, _check_finite
@@ -53,7 +54,7 @@ class WGANGP(DCGAN):
 
     def _penalty(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         """E[(||grad_x D(x_hat)|| - 1)^2] on random interpolates of real and fake."""
-        alpha = torch.rand(real.shape[0], 1, 1, 1, generator=self.noise).to(self.device)
+        alpha = shard(torch.rand(real.shape[0] * world().size, 1, 1, 1, generator=self.noise)).to(self.device)
         x_hat = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
         with autocast(self.device, self.precision):
             out = self.D(x_hat)
@@ -65,7 +66,7 @@ class WGANGP(DCGAN):
         real = real.to(self.device, memory_format=self.memory_format, non_blocking=True)
         n = real.shape[0]
         with torch.no_grad(), autocast(self.device, self.precision):
-            fake = self.G(self._z(n, self.noise)).float()
+            fake = self.G(self._z_shard(n)).float()
         self.opt_d.zero_grad(set_to_none=True)
         with autocast(self.device, self.precision):
             d_real, d_fake = self.D(real).float(), self.D(fake).float()
@@ -74,6 +75,7 @@ class WGANGP(DCGAN):
         wasserstein = d_real.mean() - d_fake.mean()
         loss_d = -wasserstein + self.gp_weight * gp
         loss_d.backward()
+        average_gradients(self.D.parameters())
         self.opt_d.step()
         self.critic_steps += 1
         out = {"loss_d": loss_d.item(), "wasserstein": wasserstein.item(), "gp": gp.item()}
@@ -85,10 +87,11 @@ class WGANGP(DCGAN):
         self.opt_g.zero_grad(set_to_none=True)
         self.D.requires_grad_(False)  # the critic's weight gradients would be thrown away
         with autocast(self.device, self.precision):
-            d_fake = self.D(self.G(self._z(n, self.noise))).float()
+            d_fake = self.D(self.G(self._z_shard(n))).float()
         _check_finite(d_fake)
         loss_g = -d_fake.mean()
         loss_g.backward()
+        average_gradients(self.G.parameters())
         self.D.requires_grad_(True)
         self.opt_g.step()
         return loss_g.item()
