@@ -29,6 +29,12 @@ def _setup_logging(quiet: bool) -> None:
 def _tracking(uri: str | None, check: bool = True) -> None:
     from benchmark.tracking import use_tracking_uri
 
+    # A tracking server that goes away: fail a call within seconds (MLflow retries for minutes by default)
+    # and let the run keep what it logs for later, instead of stalling training (see benchmark/outbox.py)
+    for key, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+                       ("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")):
+        os.environ.setdefault(key, value)
+
     use_tracking_uri(uri, check)
 
 
@@ -207,6 +213,24 @@ def eval_cmd(run_id, samples, real, fake, split, sampler_steps, as_json, bn, dev
     else:
         for key, value in result.items():
             click.echo(f"{key:<28} {value:.6g}" if isinstance(value, float) else f"{key:<28} {value}")
+
+
+# ---------------------------------------------------------------- sync
+
+
+@cli.command("sync")
+@click.argument("run_id")
+@tracking_option
+def sync_cmd(run_id, tracking_uri) -> None:
+    """Deliver what a run kept on this machine while its tracking server was unreachable (metrics, tags, grids,
+    its checkpoint, its end), in order and once each."""
+    from benchmark.tracking import Tracker
+
+    _setup_logging(True)
+    _tracking(tracking_uri)
+    delivered = Tracker.open(run_id).sync()
+    click.echo(f"run {run_id}: delivered {delivered} waiting item(s)" if delivered else
+               f"run {run_id}: nothing waits on this machine")
 
 
 # ---------------------------------------------------------------- sample

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import optuna
 import torch
+from mlflow.exceptions import MlflowException
 
 from benchmark import checkpoint, distributed
 from benchmark import data as data_mod
@@ -20,6 +21,7 @@ from benchmark.loss_plot import plot_losses
 from benchmark.metrics import headline
 from benchmark.models import family
 from benchmark.models.common import pick_device, precision_reason, resolve_precision
+from benchmark.outbox import unreachable
 from benchmark.spec import RunSpec, build_spec, load_toml
 from benchmark.tracking import Silent, Tracker, environment_tags, runs_table_url
 from benchmark.train import Interrupted, train
@@ -239,13 +241,26 @@ def _train_tracked(spec: RunSpec, cls: type, device: torch.device, precision: st
         meter = train(spec, model, prepared, tracker, progress, on_eval, spent)
     if not distributed.world().main:
         return
+    tracker.tags({"final_checkpoint": checkpoint.LAST, "images_seen": meter.images_seen,
+                  "device_hours": f"{meter.device_hours:.6f}"})
+    try:
+        _summarize(spec, prepared, precision, meter, tracker)
+    except MlflowException as err:  # trained and checkpointed: an absent server must not fail the run
+        if not unreachable(err):
+            raise
+        log.warning("tracking server unreachable at the end: no loss plot or description for run %s", tracker.run_id)
+        tracker.end("FINISHED")
+
+
+def _summarize(spec: RunSpec, prepared: data_mod.Prepared, precision: str, meter, tracker: Tracker) -> None:
+    """The seed's loss plots, the run's description with its result, FINISHED, and the end line."""
+    if tracker.outbox is not None and len(tracker.outbox):
+        tracker.outbox.drain()  # the plots read the server's history: hand it what waits first
     losses = ("loss_d", "loss_g", "loss", "recon_l1")  # recon_l1: the ldm's autoencoder, per pixel
     per_iteration = {k: tracker.history(k) for k in losses}
     per_epoch = {k: tracker.history(f"{k}_epoch") for k in losses}
     plot_losses(per_iteration, per_epoch, tracker.dir / "plots/losses.png", title=f"{spec.model} - {spec.budget}")
     tracker.publish("plots/losses.png")
-    tracker.tags({"final_checkpoint": checkpoint.LAST, "images_seen": meter.images_seen,
-                  "device_hours": f"{meter.device_hours:.6f}"})
     run = tracker.client.get_run(tracker.run_id)
     final, tags = run.data.metrics, run.data.tags
     cost = f"{meter.images_seen:,} images ({meter.epochs:.2f} epochs), {meter.device_hours:.4f} device-hours"

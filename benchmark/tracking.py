@@ -25,6 +25,7 @@ from mlflow.tracking import MlflowClient
 from benchmark import checkpoint
 from benchmark.data import cache_root
 from benchmark.errors import UserError
+from benchmark.outbox import Outbox, unreachable
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,9 @@ class Tracker:
         self._pending: list[Metric] = []
         self._last_flush = time.monotonic()
         self._latest_slot: str | None = None  # remote checkpoint slot named by the pointer
+        # A tracking server can go away mid-run: what cannot be delivered waits on disk, in order
+        remote = urlparse(mlflow.get_tracking_uri()).scheme in ("http", "https")
+        self.outbox = Outbox(cache_root() / "runs" / run_id / "outbox.jsonl", self._deliver) if remote else None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -149,11 +153,56 @@ class Tracker:
 
     def end(self, status: str, reason: str | None = None) -> None:
         self.flush()
+        self._send({"kind": "end", "status": status, "reason": reason})
+        if self.outbox is not None and len(self.outbox) and not self.outbox.drain():
+            log.warning("the tracking server is still unreachable: %d item(s) of run %s wait in %s; bench sync %s "
+                        "delivers them", len(self.outbox), self.run_id, self.outbox.path, self.run_id)
+
+    def _end_now(self, status: str, reason: str | None) -> None:
         if reason:
             self.client.set_tag(self.run_id, "failure_reason", reason[:5000])
         if self.remote_artifacts:
             self.client.set_tag(self.run_id, "lock.heartbeat", "0")  # released: another machine may resume it
         self.client.set_terminated(self.run_id, status=RunStatus.to_string(RunStatus.from_string(status)))
+
+    # ------------------------------------------------------------ delivery (now, or once the server is back)
+
+    def _send(self, item: dict) -> None:
+        if self.outbox is None:
+            self._deliver(item)
+        else:
+            self.outbox.send(item)
+
+    def _deliver(self, item: dict) -> None:
+        kind = item["kind"]
+        if kind == "metrics":
+            rows = [Metric(k, v, ts, step) for k, v, ts, step in item["rows"]]
+            for i in range(0, len(rows), 1000):
+                self.client.log_batch(self.run_id, metrics=rows[i : i + 1000])
+        elif kind == "tags":
+            for key, value in item["values"].items():
+                self.client.set_tag(self.run_id, key, value)
+        elif kind == "artifact":
+            path = item["path"]
+            self.client.log_artifact(self.run_id, str(self.dir / path), str(Path(path).parent) if "/" in path else None)
+        elif kind == "image":
+            self._log_image(item["key"], self.dir / item["path"], item["step"])
+        elif kind == "checkpoint":
+            self._upload_checkpoint()
+        elif kind == "end":
+            self._end_now(item["status"], item["reason"])
+        else:
+            raise ValueError(f"unknown outbox item {kind!r}")
+
+    def sync(self) -> int:
+        """Deliver what an outage left waiting (bench sync); returns how many items were delivered."""
+        if self.outbox is None or not len(self.outbox):
+            return 0
+        waiting = len(self.outbox)
+        if not self.outbox.drain():
+            raise UserError(f"the tracking server {mlflow.get_tracking_uri()} still does not answer; "
+                            f"{waiting} item(s) wait in {self.outbox.path}")
+        return waiting
 
     # ------------------------------------------------------------ one process per run
 
@@ -192,8 +241,12 @@ class Tracker:
         self._beat()
 
     def _beat(self) -> None:
-        if self.remote_artifacts:
-            self.client.set_tag(self.run_id, "lock.heartbeat", f"{time.time():.0f}")
+        if self.remote_artifacts and not (self.outbox is not None and len(self.outbox)):  # skipped while away
+            try:
+                self.client.set_tag(self.run_id, "lock.heartbeat", f"{time.time():.0f}")
+            except MlflowException as err:
+                if not unreachable(err):
+                    raise
 
     # ------------------------------------------------------------ metrics and files
 
@@ -211,14 +264,14 @@ class Tracker:
             self._beat()
 
     def flush(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending[:1000], self._pending[1000:]
-            self.client.log_batch(self.run_id, metrics=batch)
+        if self._pending:
+            rows = [[m.key, m.value, m.timestamp, m.step] for m in self._pending]
+            self._pending = []
+            self._send({"kind": "metrics", "rows": rows})
         self._last_flush = time.monotonic()
 
     def tags(self, values: dict) -> None:
-        for key, value in values.items():
-            self.client.set_tag(self.run_id, key, str(value))
+        self._send({"kind": "tags", "values": {key: str(value) for key, value in values.items()}})
 
     def fetch(self, relpath: str) -> Path:
         """A run file's local path; on a remote store it is downloaded when it is not here (a run resumed on
@@ -248,14 +301,19 @@ class Tracker:
         scratch.mkdir(parents=True, exist_ok=True)
         try:
             return Path(self.client.download_artifacts(self.run_id, relpath, str(scratch)))
-        except (MlflowException, OSError):
+        except (MlflowException, OSError) as err:
+            if unreachable(err):  # not "no such artifact": the server is away
+                raise
             return None
 
     def publish_checkpoint(self) -> None:
-        """On a remote store, upload the checkpoint atomically: to the slot not named by the pointer (a new
-        name), then the pointer (the replace). A kill mid-upload leaves the pointed-to checkpoint whole."""
-        if not self.remote_artifacts:
-            return
+        """On a remote store, upload the checkpoint (now, or the newest one once the server is back)."""
+        if self.remote_artifacts:
+            self._send({"kind": "checkpoint"})
+
+    def _upload_checkpoint(self) -> None:
+        """To the slot not named by the pointer (a new name), then the pointer (the replace): a kill mid-upload
+        leaves the pointed-to checkpoint whole."""
         if self._latest_slot is None:  # first upload of this process: the pointer may name a slot already
             pointer = self._download(REMOTE_POINTER)
             self._latest_slot = json.loads(pointer.read_text())["latest"] if pointer is not None else "b.pt"
@@ -277,12 +335,14 @@ class Tracker:
     def publish(self, relpath: str) -> None:
         """Make a file under `dir` an artifact; on a local store it already is one."""
         if self.remote_artifacts:
-            path = self.dir / relpath
-            self.client.log_artifact(self.run_id, str(path), str(Path(relpath).parent) if "/" in relpath else None)
+            self._send({"kind": "artifact", "path": relpath})
 
     def image(self, key: str, path: Path, step: int) -> None:
         """A sample grid as an MLflow image at this step, so the run's images step through training. Once per
         step: a run killed after its eval point and resumed does not log the same step twice."""
+        self._send({"kind": "image", "key": key, "path": str(path.relative_to(self.dir)), "step": step})
+
+    def _log_image(self, key: str, path: Path, step: int) -> None:
         from PIL import Image
 
         stem = f"{key.replace('/', '~')}+step+{step}+"  # MLflow's file name for the key at this step
@@ -303,11 +363,15 @@ class Tracker:
         dataset = Dataset(name=name, digest=fingerprint[:36], source_type="local",
                           source=json.dumps({"uri": source}), profile=json.dumps(profile))
         tags = [InputTag("mlflow.data.context", "train"), InputTag("split", split)]
-        self.client.log_inputs(self.run_id, [DatasetInput(dataset, tags)])
+        try:
+            self.client.log_inputs(self.run_id, [DatasetInput(dataset, tags)])
+        except MlflowException:  # the runs of a compare register the same data set at once: one wins, then
+            time.sleep(1.0)       # this input links to its row
+            self.client.log_inputs(self.run_id, [DatasetInput(dataset, tags)])
 
     def describe(self, text: str) -> None:
         """The run's description (the Overview page): what ran and, once scored, its headline number."""
-        self.client.set_tag(self.run_id, "mlflow.note.content", text)
+        self.tags({"mlflow.note.content": text})
 
     @contextmanager
     def system_metrics(self, interval: float = 10.0) -> Iterator[None]:

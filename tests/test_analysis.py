@@ -268,8 +268,13 @@ def test_bench_ui_answers_before_it_says_open_and_shows_names_datasets_and_grids
         # one run's grids: the chart view of that run alone has a samples section whose slider steps through
         # its four eval points, showing the first grid
         ddpm = next(r for r in runs if r.data.params["model"] == "ddpm")
-        dom = page(f"{base}?workflowType=machine_learning&compareRunsMode=CHART&searchFilter=attributes.run_name"
-                   f"%3D%27{ddpm.info.run_name}%27", "run-grids.png")
+        url = (f"{base}?workflowType=machine_learning&compareRunsMode=CHART&searchFilter=attributes.run_name"
+               f"%3D%27{ddpm.info.run_name}%27")
+        page(url, "run-grids.png")
+        for _ in range(3):  # the charts render lazily; a loaded machine can need a second look
+            dom = chromium("--window-size=2400,1400", "--virtual-time-budget=60000", "--dump-dom", url).stdout
+            if 'title="samples/grid"' in dom and "rc-image-img" in dom:
+                break
         card = dom[dom.index('title="samples/grid"'):][:20_000]
         assert 'aria-valuemin="0"' in card and 'aria-valuemax="3"' in card  # steps 0..3: four grids
         (src,) = re.findall(r'<img class="rc-image-img" src="([^"]+)"', card)

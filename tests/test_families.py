@@ -65,12 +65,18 @@ def _kill_when(args, run_id, images, others):
     proc = subprocess.Popen([sys.executable, "-m", "benchmark.cli", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env=os.environ.copy())
     deadline = time.time() + 300
+    path = None
     while time.time() < deadline and proc.poll() is None:
+        if path is None:  # MLflow is asked only while the process runs: stopped, it may hold SQLite's lock
+            ids = [run_id] if run_id else _run_ids(exclude=others)
+            if ids:
+                run_id = ids[0]
+                path = MlflowClient().get_run(run_id).info.artifact_uri.replace("file://", "") + "/" + checkpoint.LAST
+            time.sleep(0.1)
+            continue
         proc.send_signal(signal.SIGSTOP)  # still while we look: a tiny model steps faster than a checkpoint loads
-        ids = [run_id] if run_id else _run_ids(exclude=others)
-        state = _checkpoint(ids[0]) if ids else None
+        state = checkpoint.load(path) if os.path.exists(path) else None
         if state is not None and state["meter"]["images_seen"] >= images:
-            run_id = ids[0]
             break
         proc.send_signal(signal.SIGCONT)
         time.sleep(0.1)

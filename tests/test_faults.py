@@ -401,3 +401,70 @@ def test_a_remote_run_holds_its_checkpoint_and_resumes_on_another_machine(mlflow
     steps = [m.step for m in client.get_metric_history(run_id, "loss_d")]
     assert steps[-1] == 12000 and steps[0] < 6000  # one curve, from the first step of machine A to the end on B
     assert (tmp_path / "machine-b" / "runs" / run_id / "checkpoints" / "last.pt").is_file()
+
+
+def _serve(port: int, folder) -> subprocess.Popen:
+    import urllib.request
+
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", f"sqlite:///{folder / 'server.db'}", "--artifacts-destination",
+                               str(folder / "server-artifacts"), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            return server
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError("mlflow server did not start")
+
+
+def test_a_tracking_outage_costs_no_training_and_loses_nothing(tmp_path):
+    """The server goes away mid-run for longer than the client retries, then comes back: the run trains on,
+    keeps what it logs on disk, delivers it when the server answers, and the server ends with every loss step
+    exactly once, the final checkpoint and a FINISHED run."""
+    from conftest import free_port
+
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = _serve(port, tmp_path)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "BENCH_CACHE": str(tmp_path / "cache")}
+    run = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "run", "--model", "dcgan", "--budget", "35s",
+                            "--set", "ngf=8", "--set", "ndf=8", "--set", "batch_size=16", "--set",
+                            "synthetic_images=256", "--set", "eval.samples=0", "--set", "eval.grid=4", "--set",
+                            "eval.points=3", "--set", "log_every=1", "--quiet"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    client = MlflowClient(uri)
+    try:
+        deadline = time.time() + 120
+        run_id = None
+        while time.time() < deadline and not run_id:
+            runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+            if runs and len(client.get_metric_history(runs[0].info.run_id, "loss_d")) > 20:
+                run_id = runs[0].info.run_id
+            time.sleep(0.5)
+        assert run_id, run.stderr.read()[-3000:] if run.poll() is not None else "no metrics"
+        os.killpg(server.pid, signal.SIGTERM)  # the server goes away ...
+        server.wait(timeout=30)
+        time.sleep(12)  # ... for longer than the client's retries (~3 s a call)
+        server = _serve(port, tmp_path)  # and comes back, same store
+        _, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err[-3000:]
+        assert "tracking server unreachable" in err and "Traceback" not in err
+        final = client.get_run(run_id)
+        assert final.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(run_id, "loss_d")]
+        images = int(final.data.metrics["images_seen"])
+        assert steps == list(range(16, images + 1, 16))  # every step, once: nothing lost, nothing twice
+        pointer = json.loads(Path(client.download_artifacts(run_id, "checkpoints/remote/latest.json",
+                                                            str(tmp_path / "got"))).read_text())
+        slot = client.download_artifacts(run_id, f"checkpoints/remote/{pointer['latest']}", str(tmp_path / "got"))
+        assert checkpoint.load(slot)["meter"]["images_seen"] == images  # the final checkpoint reached it
+        assert len([a for a in client.list_artifacts(run_id, "images") if a.path.endswith(".png")]) == 3
+        assert not list((tmp_path / "cache").rglob("outbox.jsonl"))  # nothing left waiting
+    finally:
+        if run.poll() is None:
+            run.kill()
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
