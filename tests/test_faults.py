@@ -430,7 +430,7 @@ def test_a_tracking_outage_costs_no_training_and_loses_nothing(tmp_path):
     uri = f"http://127.0.0.1:{port}"
     server = _serve(port, tmp_path)
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "BENCH_CACHE": str(tmp_path / "cache")}
-    run = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "run", "--model", "dcgan", "--budget", "35s",
+    run = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "run", "--model", "dcgan", "--budget", "20s",
                             "--set", "ngf=8", "--set", "ndf=8", "--set", "batch_size=16", "--set",
                             "synthetic_images=256", "--set", "eval.samples=0", "--set", "eval.grid=4", "--set",
                             "eval.points=3", "--set", "log_every=1", "--quiet"],
@@ -447,7 +447,7 @@ def test_a_tracking_outage_costs_no_training_and_loses_nothing(tmp_path):
         assert run_id, run.stderr.read()[-3000:] if run.poll() is not None else "no metrics"
         os.killpg(server.pid, signal.SIGTERM)  # the server goes away ...
         server.wait(timeout=30)
-        time.sleep(12)  # ... for longer than the client's retries (~3 s a call)
+        time.sleep(8)  # ... for longer than the client's retries (~3 s a call)
         server = _serve(port, tmp_path)  # and comes back, same store
         _, err = run.communicate(timeout=300)
         assert run.returncode == 0, err[-3000:]

@@ -22,6 +22,7 @@ DEFAULTS: dict[str, Any] = {
     "lr_d": 1e-4,
     "beta1": 0.5,
     "beta2": 0.9999,  # as the report writes it
+    "sync_batchnorm": True,  # over several ranks (--nproc): BatchNorm statistics of the global batch
 }
 HELP = {
     "z_dim": "length of G's noise vector z",
@@ -31,6 +32,7 @@ HELP = {
     "lr_d": "Adam learning rate of D",
     "beta1": "Adam beta1 (both nets)",
     "beta2": "Adam beta2 (both nets); the seed report's 0.9999 as written, the tutorial's 0.999",
+    "sync_batchnorm": "on several ranks: BatchNorm over the global batch (as one process); false: each rank's slice",
 }
 
 
@@ -117,11 +119,10 @@ class DCGAN:
         self.z_dim = spec.z_dim
         self.memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
         torch.manual_seed(spec.seed)
-        # Over K ranks, BatchNorm normalises with the global batch's statistics, as one process would
-        self.G = sync_batchnorm(Generator(spec.z_dim, spec.ngf).apply(dcgan_init).to(device,
-                                                                                     memory_format=self.memory_format))
-        self.D = sync_batchnorm(self._discriminator(spec).apply(dcgan_init).to(device,
-                                                                              memory_format=self.memory_format))
+        self.G = Generator(spec.z_dim, spec.ngf).apply(dcgan_init).to(device, memory_format=self.memory_format)
+        self.D = self._discriminator(spec).apply(dcgan_init).to(device, memory_format=self.memory_format)
+        if spec.sync_batchnorm:  # over K ranks, the global batch's statistics, as one process would have
+            self.G, self.D = sync_batchnorm(self.G), sync_batchnorm(self.D)
         betas = (spec.beta1, spec.beta2)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=spec.lr_g, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=spec.lr_d, betas=betas)
