@@ -372,7 +372,7 @@ def test_a_remote_run_holds_its_checkpoint_and_resumes_on_another_machine(mlflow
     import mlflow
 
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "BENCH_CACHE": str(tmp_path / "machine-a")}
-    proc = subprocess.Popen([sys.executable, "-m", "benchmark.cli", *TINY_RUN, "--budget", "12000img", "--quiet"],
+    proc = subprocess.Popen([sys.executable, "-m", "benchmark.cli", *TINY_RUN, "--budget", "6000img", "--quiet"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     client = MlflowClient(tracking_uri=mlflow_server)
     deadline, run_id = time.time() + 180, None
@@ -396,10 +396,10 @@ def test_a_remote_run_holds_its_checkpoint_and_resumes_on_another_machine(mlflow
                              capture_output=True, text=True, env=env, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     run = client.get_run(run_id)
-    assert run.info.status == "FINISHED" and run.data.metrics["images_seen"] == 12000
+    assert run.info.status == "FINISHED" and run.data.metrics["images_seen"] == 6000
     mlflow.set_tracking_uri(mlflow_server)
     steps = [m.step for m in client.get_metric_history(run_id, "loss_d")]
-    assert steps[-1] == 12000 and steps[0] < 6000  # one curve, from the first step of machine A to the end on B
+    assert steps[-1] == 6000 and steps[0] < 3000  # one curve, from the first step of machine A to the end on B
     assert (tmp_path / "machine-b" / "runs" / run_id / "checkpoints" / "last.pt").is_file()
 
 
@@ -430,7 +430,7 @@ def test_a_tracking_outage_costs_no_training_and_loses_nothing(tmp_path):
     uri = f"http://127.0.0.1:{port}"
     server = _serve(port, tmp_path)
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "BENCH_CACHE": str(tmp_path / "cache")}
-    run = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "run", "--model", "dcgan", "--budget", "20s",
+    run = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "run", "--model", "dcgan", "--budget", "25s",
                             "--set", "ngf=8", "--set", "ndf=8", "--set", "batch_size=16", "--set",
                             "synthetic_images=256", "--set", "eval.samples=0", "--set", "eval.grid=4", "--set",
                             "eval.points=3", "--set", "log_every=1", "--quiet"],
@@ -452,6 +452,9 @@ def test_a_tracking_outage_costs_no_training_and_loses_nothing(tmp_path):
         _, err = run.communicate(timeout=300)
         assert run.returncode == 0, err[-3000:]
         assert "tracking server unreachable" in err and "Traceback" not in err
+        # what the run could not deliver before it ended (a slow restart) goes now; usually nothing waits
+        synced = bench("sync", run_id, env={"MLFLOW_TRACKING_URI": uri, "BENCH_CACHE": str(tmp_path / "cache")})
+        assert synced.stdout.startswith(f"run {run_id}: ")
         final = client.get_run(run_id)
         assert final.info.status == "FINISHED"
         steps = [m.step for m in client.get_metric_history(run_id, "loss_d")]
