@@ -108,7 +108,7 @@ def run(model, spec_file, old_spec_file, data, budget, overrides, seed, resume_i
         return
     quiet = quiet or int(os.environ.get("RANK", "0")) > 0  # one bar: rank 0's
     from benchmark.models import family, key_help, resolve
-    from benchmark.spec import build_spec, load_toml, spec_table
+    from benchmark.spec import assignment, build_spec, load_toml, spec_table
 
     _setup_logging(quiet)
     if old_spec_file:
@@ -117,15 +117,8 @@ def run(model, spec_file, old_spec_file, data, budget, overrides, seed, resume_i
         click.echo("warning: --experiment FILE is deprecated on bench run: use --spec FILE (bench report "
                    "--experiment takes an MLflow experiment name, or a spec file's name)", err=True)
         spec_file = old_spec_file
-    if show_spec:
-        experiment = load_toml(spec_file) if spec_file else {}
-        name, experiment = resolve(model or experiment.get("model") or "dcgan", experiment)
-        _, defaults = family(name)
-        spec = build_spec(name, defaults, experiment, overrides, {"data": data, "budget": budget, "seed": seed})
-        click.echo(spec_table(name, defaults, key_help(name), spec))
-        return
-    _tracking(tracking_uri)
-    if resume_id is not None:  # an empty id is a mistake, not a request for a new run
+    if resume_id is not None and not show_spec:  # an empty id is a mistake, not a request for a new run
+        _tracking(tracking_uri)
         runner.resume(resume_id, device, progress=not quiet, restart=restart)
         return
     if restart:
@@ -135,12 +128,12 @@ def run(model, spec_file, old_spec_file, data, budget, overrides, seed, resume_i
     name, experiment = resolve(typed, experiment)
     _, defaults = family(name)
     spec = build_spec(name, defaults, experiment, overrides, {"data": data, "budget": budget, "seed": seed})
+    if show_spec:
+        click.echo(spec_table(name, defaults, key_help(name), spec))
+        return
+    _tracking(tracking_uri)
     extra = {"model_alias": typed} if typed != name else {}
-    for item in tags:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--tag takes key=value, got {item!r}")
-        extra[key.strip()] = value
+    extra.update(assignment(item, "--tag") for item in tags)
     if spec_file:
         extra["spec_file"] = Path(spec_file).name
         experiment_name = experiment_name or Path(spec_file).stem

@@ -4,12 +4,12 @@ one MLflow experiment for them all, then the report."""
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from benchmark.cores import worker_env
 from benchmark.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -97,9 +97,7 @@ def _in_workers(runs: list, experiment_name: str, device: str, workers: int, log
     from benchmark import runner
 
     logs.mkdir(parents=True, exist_ok=True)
-    # Workers share this machine's cores (see bench study): one OpenMP thread pool each, not one per core each
-    env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // workers)), **os.environ,
-           "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
+    env = {**worker_env(workers), "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
     pending = [(runner.default_run_name(spec, {"model_alias": typed}),
                 [sys.executable, "-m", "benchmark.cli", *run_command(typed, extra, spec, experiment_name, device)[1:],
                  "--quiet"]) for typed, extra, spec in runs]

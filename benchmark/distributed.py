@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from benchmark.cores import worker_env
 from benchmark.errors import UserError
 
 
@@ -83,14 +84,19 @@ def average_gradients(parameters) -> None:
         offset += g.numel()
 
 
-def agree(values: list[float], op: str = "max") -> list[float]:
-    """The same numbers on every rank (the slowest rank's step time, any rank's stop signal), so every rank
-    charges the same cost, reaches the same eval points and stops at the same step."""
+def step_consensus(seconds: float, stopping: bool, losses: dict[str, float]
+                   ) -> tuple[float, bool, dict[str, float]]:
+    """What every rank takes from a step, in one all-gather: the slowest rank's step time (so every rank
+    charges the same cost and reaches the same eval points), whether any rank was told to stop (all stop at
+    this step), and the global batch's mean losses (equal slices: the mean of the ranks' means)."""
     if _world.size == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
-    return t.tolist()
+        return seconds, stopping, losses
+    mine = torch.tensor([seconds, float(stopping), *losses.values()], dtype=torch.float64)
+    every = [torch.empty_like(mine) for _ in range(_world.size)]
+    dist.all_gather(every, mine)
+    table = torch.stack(every)
+    means = table[:, 2:].mean(dim=0).tolist()
+    return table[:, 0].max().item(), bool(table[:, 1].max() > 0), dict(zip(losses, means, strict=True))
 
 
 def broadcast(obj):
@@ -191,8 +197,7 @@ def launch(nproc: int, argv: list[str]) -> None:
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.5)
     with tempfile.NamedTemporaryFile("r", suffix=".run-id") as run_file:
-        # ranks share the machine's cores: one OpenMP pool each, not one per core each (see bench study)
-        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+        os.environ.update(worker_env(nproc))  # the ranks inherit it
         os.environ["BENCH_RUN_ID_FILE"] = run_file.name
         try:
             elastic_launch(config, sys.executable)("-m", "benchmark.cli", *argv)

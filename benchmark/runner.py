@@ -43,17 +43,13 @@ def start(spec: RunSpec, device_name: str = "auto", experiment_name: str | None 
     extra_tags, on_eval and on_tracker let a study nest the run under its parent and prune it."""
     device = pick_device(distributed.local_device(device_name))
     w = distributed.init(device)
+    if not w.main:
+        return _follow(device)
     cls, _ = family(spec.model)
     check_world(spec, w)
-    prepared = prepare_data(spec, progress and w.main)
+    prepared = prepare_data(spec, progress)
     precision = resolve_precision(spec.precision, device)
-    if w.main:
-        log.info("precision %s", precision_reason(spec.precision, precision, device))
-    if not w.main:  # ranks other than 0 train the run rank 0 created, silently
-        run_id, folder = distributed.broadcast(None)
-        with terminate_raises():
-            _train_tracked(spec, cls, device, precision, prepared, Silent(run_id, Path(folder)), False)
-        return run_id
+    log.info("precision %s", precision_reason(spec.precision, precision, device))
     tags = {
         **environment_tags(device),
         "budget": spec.budget,
@@ -82,8 +78,7 @@ def start(spec: RunSpec, device_name: str = "auto", experiment_name: str | None 
             tracker.publish("spec.toml")
             log.info("MLflow run %s; runs table: %s", tracker.run_id,
                      runs_table_url("http://127.0.0.1:5000", tracker.experiment_id))
-            announce_run(tracker.run_id)
-            distributed.broadcast((tracker.run_id, str(tracker.dir)))
+            _lead(tracker, spec, precision)
             if on_tracker is not None:
                 on_tracker(tracker)
             _train_tracked(spec, cls, device, precision, prepared, tracker, progress, on_eval)
@@ -113,11 +108,26 @@ def check_world(spec: RunSpec, w: distributed.World) -> None:
         raise UserError(f"batch_size {spec.batch_size} does not split over {w.size} ranks; make it a multiple")
 
 
-def announce_run(run_id: str) -> None:
-    """Tell `bench run --nproc` which run its ranks train, for the line it prints if one of them fails."""
+def _lead(tracker: Tracker, spec: RunSpec, precision: str, spent: dict | None = None) -> None:
+    """Rank 0 tells the other ranks what to train (they follow silently) and `bench run --nproc` which run
+    it is, for the line it prints if a rank fails."""
     path = os.environ.get("BENCH_RUN_ID_FILE")
     if path:
-        Path(path).write_text(run_id)
+        Path(path).write_text(tracker.run_id)
+    distributed.broadcast({"run_id": tracker.run_id, "spec": spec.to_dict(), "folder": str(tracker.dir),
+                           "precision": precision, "spent": spent})
+
+
+def _follow(device: torch.device) -> str:
+    """A rank other than 0: train the run rank 0 created or resumed, with what it broadcast; rank 0 logs."""
+    lead = distributed.broadcast(None)
+    cls, defaults = family(lead["spec"]["model"])
+    spec = build_spec(lead["spec"]["model"], defaults, lead["spec"])
+    prepared = prepare_data(spec, False)
+    with terminate_raises():
+        _train_tracked(spec, cls, device, lead["precision"], prepared, Silent(lead["run_id"], Path(lead["folder"])),
+                       False, spent=lead["spent"])
+    return lead["run_id"]
 
 
 def resume(run_id: str, device_name: str = "auto", progress: bool = True, restart: bool = False) -> str:
@@ -127,14 +137,7 @@ def resume(run_id: str, device_name: str = "auto", progress: bool = True, restar
     device = pick_device(distributed.local_device(device_name))
     w = distributed.init(device)
     if not w.main:
-        saved, folder, precision, spent = distributed.broadcast(None)
-        cls, defaults = family(saved["model"])
-        spec = build_spec(saved["model"], defaults, saved)
-        prepared = prepare_data(spec, False)
-        with terminate_raises():
-            _train_tracked(spec, cls, device, precision, prepared, Silent(run_id, Path(folder)), False, spent=spent)
-        return run_id
-    announce_run(run_id)
+        return _follow(device)
     tracker = Tracker.open(run_id)
     spec_path = tracker.fetch("spec.toml")
     if not spec_path.is_file():
@@ -168,7 +171,7 @@ def resume(run_id: str, device_name: str = "auto", progress: bool = True, restar
         if restart:
             tracker.tags({"restarted": "true"})
         tracker.tags({"world_size": w.size})
-        distributed.broadcast((saved, str(tracker.dir), precision, spent))
+        _lead(tracker, spec, precision, spent)
         with ended(tracker):
             _train_tracked(spec, cls, device, precision, prepared, tracker, progress, spent=spent)
     return run_id
@@ -256,8 +259,6 @@ def _train_tracked(spec: RunSpec, cls: type, device: torch.device, precision: st
 
 def _summarize(spec: RunSpec, prepared: data_mod.Prepared, precision: str, meter, tracker: Tracker) -> None:
     """The seed's loss plots, the run's description with its result, FINISHED, and the end line."""
-    if tracker.outbox is not None and len(tracker.outbox):
-        tracker.outbox.drain()  # the plots read the server's history: hand it what waits first
     losses = ("loss_d", "loss_g", "loss", "recon_l1")  # recon_l1: the ldm's autoencoder, per pixel
     per_iteration = {k: tracker.history(k) for k in losses}
     per_epoch = {k: tracker.history(f"{k}_epoch") for k in losses}

@@ -113,6 +113,14 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     return value
 
 
+def assignment(item: str, option: str) -> tuple[str, str]:
+    """KEY=VALUE as given to --set or --tag; anything else is one line naming the option."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"{option} takes key=value, got {item!r}")
+    return key.strip(), value
+
+
 def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a spec file (experiments/*.toml); unreadable or malformed files are UserErrors."""
     try:
@@ -161,10 +169,8 @@ def build_spec(
         if value is not None:
             assign(key, value, "command line")
     for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--set takes key=value, got {item!r}")
-        assign(key.strip(), parse_value(text.strip()), "--set")
+        key, text = assignment(item, "--set")
+        assign(key, parse_value(text.strip()), "--set")
     Budget.parse(values["budget"])  # fail early on a bad budget string
     if values["batch_size"] < 1:
         raise UserError("batch_size must be at least 1")

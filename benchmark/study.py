@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import socket
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
 from benchmark import runner
+from benchmark.cores import worker_env
 from benchmark.data import cache_root
 from benchmark.errors import UserError
 from benchmark.filelock import file_lock
@@ -399,9 +399,7 @@ def run_study(opts: StudyOptions, workers: int = 1, progress: bool = True) -> di
     if workers <= 1:
         run_worker(opts, parent_id, progress)
     else:
-        # Workers share this machine's cores: two workers each running one thread per core oversubscribe
-        # them and spin in OpenMP barriers (measured 2.8x slower here). The user's own setting wins.
-        env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // workers)), **os.environ}
+        env = worker_env(workers)
         procs = [subprocess.Popen(_worker_command(opts, parent_id), env=env) for _ in range(workers)]
         for proc in procs:
             proc.wait()

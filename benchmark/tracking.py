@@ -154,7 +154,7 @@ class Tracker:
     def end(self, status: str, reason: str | None = None) -> None:
         self.flush()
         self._send({"kind": "end", "status": status, "reason": reason})
-        if self.outbox is not None and len(self.outbox) and not self.outbox.drain():
+        if self.outbox and not self.outbox.drain():
             log.warning("the tracking server is still unreachable: %d item(s) of run %s wait in %s; bench sync %s "
                         "delivers them", len(self.outbox), self.run_id, self.outbox.path, self.run_id)
 
@@ -196,7 +196,7 @@ class Tracker:
 
     def sync(self) -> int:
         """Deliver what an outage left waiting (bench sync); returns how many items were delivered."""
-        if self.outbox is None or not len(self.outbox):
+        if not self.outbox:
             return 0
         waiting = len(self.outbox)
         if not self.outbox.drain():
@@ -241,7 +241,7 @@ class Tracker:
         self._beat()
 
     def _beat(self) -> None:
-        if self.remote_artifacts and not (self.outbox is not None and len(self.outbox)):  # skipped while away
+        if self.remote_artifacts and not self.outbox:  # skipped while things wait for the server
             try:
                 self.client.set_tag(self.run_id, "lock.heartbeat", f"{time.time():.0f}")
             except MlflowException as err:
@@ -389,7 +389,10 @@ class Tracker:
             monitor.finish()
 
     def history(self, key: str) -> list[tuple[int, float]]:
+        """A metric as the server has it, after handing it whatever waits (from an outage) and is pending."""
         self.flush()
+        if self.outbox:
+            self.outbox.drain()
         return [(m.step, m.value) for m in self.client.get_metric_history(self.run_id, key)]
 
 

@@ -96,8 +96,10 @@ def clock(meter: Meter, budget, fraction: float) -> str:
     """Training time spent (of a time budget), what is left of it at this pace, and evaluation time apart."""
     spent = tqdm.format_interval(meter.device_seconds)
     limit = f"/{tqdm.format_interval(budget.device_seconds)}" if budget.device_seconds else ""
+    devices = f" device time ({meter.devices} devices)" if meter.devices > 1 else ""  # K x the wall clock
     left = meter.device_seconds * (1 - fraction) / fraction if fraction > 0 else 0.0
-    return f"train {spent}{limit}, ~{tqdm.format_interval(left)} left, eval {tqdm.format_interval(meter.eval_seconds)}"
+    return (f"train {spent}{limit}{devices}, ~{tqdm.format_interval(left)} left, "
+            f"eval {tqdm.format_interval(meter.eval_seconds)}")
 
 
 def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress: bool = True,
@@ -230,18 +232,14 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
             mine = idx[w.rank * (n // w.size) : (w.rank + 1) * (n // w.size)]  # this rank's slice of the batch
             batch = _to_float(np.asarray(data.images[mine]))
             losses = model.train_step(batch, indices=mine, fraction=budget.fraction_spent(meter), data=data)
-            if w.size > 1:  # the global batch's mean losses; every rank charges the slowest rank's step
-                losses = dict(zip(losses, (v / w.size for v in distributed.agree(list(losses.values()), "sum")),
-                                  strict=True))
-                seconds, stopping = distributed.agree([time.perf_counter() - start, float(bool(stop))])
-                if stopping and not stop:
-                    stop.append(signal.SIGTERM)  # another rank was told to stop: all stop at this step
+            seconds = time.perf_counter() - start
+            seconds, stopping, losses = distributed.step_consensus(seconds, bool(stop), losses)
+            if stopping and not stop:
+                stop.append(signal.SIGTERM)  # another rank was told to stop: all stop at this step
             bad = {k: v for k, v in losses.items() if not np.isfinite(v)}
             if bad:
                 raise Diverged(f"training diverged: {', '.join(f'{k}={v}' for k, v in bad.items())} "
                                f"at step {meter.steps + 1} ({meter.images_seen} images)")
-            if w.size == 1:
-                seconds = time.perf_counter() - start
             flops = n * model.flops_per_train_image()
             meter.add_step(n, seconds, flops / n)
             meter.add_to_stage(getattr(model, "stage", None), n, seconds * meter.devices, flops)

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from analysis import scaling, tables
 from analysis.collect import collect, comparable
 from benchmark.errors import UserError
-from conftest import chromium
+from conftest import chromium, free_port
 
 TINY = ["--set", "batch_size=16", "--set", "eval.samples=8", "--set", "eval.real_samples=16", "--set",
         "eval.points=4", "--set", "eval.grid=4", "--set", "dcgan:ngf=8", "--set", "dcgan:ndf=8", "--set",
@@ -231,9 +231,7 @@ def test_report_renders_in_chromium_with_every_table_and_figure(store):
 def test_bench_ui_answers_before_it_says_open_and_shows_names_datasets_and_grids(store, tmp_path):
     """`bench ui` prints its address only once the server answers; the runs table shows readable names and the
     dataset, sorts and filters on the metrics; a run's sample grids step through its eval points."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "ui", "--port", str(port), "--tracking-uri",
                                store["uri"], "--experiment", "cmp"], cwd=store["folder"], stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL, text=True, start_new_session=True)

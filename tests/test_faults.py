@@ -343,25 +343,11 @@ def test_fid_of_a_set_with_itself_is_zero_not_round_off(celeba):
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real `mlflow server` on 127.0.0.1 with a SQLite backend and proxied artifacts."""
-    import socket
-    import urllib.request
+    from conftest import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
-                               str(tmp_path / "server-artifacts"), "--workers", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=2)
-            break
-        except OSError:
-            time.sleep(0.5)
-    yield uri
+    port = free_port()
+    server = _serve(port, tmp_path)
+    yield f"http://127.0.0.1:{port}"
     os.killpg(server.pid, signal.SIGTERM)
     server.wait(timeout=30)
 
@@ -404,6 +390,7 @@ def test_a_remote_run_holds_its_checkpoint_and_resumes_on_another_machine(mlflow
 
 
 def _serve(port: int, folder) -> subprocess.Popen:
+    """`mlflow server` on 127.0.0.1:port over folder's SQLite store and artifacts, once it answers."""
     import urllib.request
 
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),

@@ -30,7 +30,7 @@ FAMILIES = {
     "ldm": (ldm.LDM, ldm.DEFAULTS, "latent diffusion (Rombach et al. 2022): KL autoencoder f=4 (64x64x3 -> "
             "16x16x4) trained in the same run, then a UNet on its latents"),
 }
-# The user's own words: names that stand for a family with an spec file's settings.
+# The user's own words: names that stand for a family with a spec file's settings.
 ALIASES = {
     "diffusion": ("ldm", "seed-ldm.toml", "the seed report's latent diffusion as it wrote it "
                   "(ldm with experiments/seed-ldm.toml: batch 5, lr 3e-4, 40 epochs)"),
