@@ -14,6 +14,13 @@ from pathlib import Path
 
 import pytest
 
+# pytest-xdist's workers (addopts: -n 2) share the cores: each gets its share of OpenMP threads, as study
+# workers do, before any test imports torch; the processes a test starts inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    from benchmark.cores import worker_env
+
+    os.environ.update(worker_env(int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 ROOT = Path(__file__).resolve().parents[1]
 CELEBA = Path(os.environ.get("BENCH_TEST_CELEBA", ROOT.parent / "shared" / "data" / "celeba-sample"))
 
