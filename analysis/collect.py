@@ -15,7 +15,8 @@ METRICS = ("images_seen", "epochs", "device_hours", "pflops", "steps", "sample_n
            "sample_gflops_per_image", "fid", "kid_mean", "kid_std", "precision", "recall", "is", "eval_samples",
            "recon_fid")
 # How a number was made: only rows equal on all of these are compared with each other.
-PROVENANCE = ("eval_samples", "real_samples", "reference", "weights_sha256", "dataset_fingerprint")
+PROVENANCE = ("eval_samples", "real_samples", "reference", "weights_sha256", "inception_precision",
+              "dataset_fingerprint")
 HYPER = ("lr", "lr_g", "lr_d", "beta1", "beta2", "batch_size", "seed", "budget")
 
 
@@ -95,7 +96,10 @@ def _eval_points(client: MlflowClient, experiment: str, run) -> list[dict]:
         **{h: _number(params.get(h)) for h in HYPER},
         "parent_run": tags.get("mlflow.parentRunId"),
         "real_samples": _number(tags.get("metrics.real_samples")), "reference": tags.get("metrics.reference"),
-        "weights_sha256": tags.get("metrics.weights_sha256"), "dataset_fingerprint": tags.get("dataset_fingerprint"),
+        "weights_sha256": tags.get("metrics.weights_sha256"),
+        # runs scored before features had a precision computed them in fp32
+        "inception_precision": tags.get("metrics.inception_precision", "fp32"),
+        "dataset_fingerprint": tags.get("dataset_fingerprint"),
     }
     return [{**base, **values} for step, values in sorted(by_step.items()) if "fid" in values]
 
@@ -111,8 +115,8 @@ def _number(text):
 
 
 def comparable(df: pd.DataFrame, group: bool = False) -> list[pd.DataFrame]:
-    """Split the table into sets of numbers made the same way (same N, reference split, Inception weights,
-    data, and BatchNorm sampling statistics among models that have them). With group=False a mixed table is
+    """Split the table into sets of numbers made the same way (same N, reference split, Inception weights and
+    precision, data, and BatchNorm sampling statistics among models that have them). With group=False a mixed table is
     refused with a message that names what differs."""
     if df.empty:
         return []

@@ -18,7 +18,7 @@ from benchmark.metrics import (
 )
 from benchmark.models import family
 from benchmark.models.common import pick_device
-from benchmark.spec import build_spec, load_toml
+from benchmark.spec import build_spec, saved_spec
 from benchmark.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def load_run(run_id: str, device_name: str = "auto"):
     state = checkpoint.load_latest(ckpt_path)
     if state is None:
         raise UserError(f"run {run_id} has no checkpoint yet ({ckpt_path})")
-    saved = load_toml(tracker.dir / "spec.toml")
+    saved = saved_spec(tracker.dir / "spec.toml")
     cls, defaults = family(saved["model"])
     spec = build_spec(saved["model"], defaults, saved)
     run = tracker.client.get_run(run_id)
@@ -93,9 +93,9 @@ def eval_run(run_id: str, samples: int | None = None, device_name: str = "auto",
     step = int(state["meter"]["images_seen"])
     n = samples or spec.eval["samples"] or 128
     prepared = data_mod.prepare(spec.data, spec.split, spec.resolution, spec.synthetic_images, progress)
-    evaluator = Evaluator(batch_size=spec.eval["batch_size"], progress=progress)
+    evaluator = Evaluator(batch_size=spec.eval["batch_size"], progress=progress, precision=spec.eval["precision"])
     real, cached = evaluator.real_features(prepared, spec.eval["real_samples"])
-    tags = provenance(evaluator.weights, n, len(real.pool), f"{prepared.name}:{prepared.split}", sampling_bn(model))
+    tags = provenance(evaluator, n, len(real.pool), f"{prepared.name}:{prepared.split}", sampling_bn(model))
     suffix = suffix_for(tracker.client.get_run(run_id).data.tags, n, sampling_bn(model))
     if suffix:  # the run's own provenance stays; this set is described under its suffix
         tags = {f"metrics{suffix}.{k.partition('.')[2]}": v for k, v in tags.items()}
@@ -144,5 +144,5 @@ def eval_sets(real: str, fake: str, samples: int | None = None, split: str = "tr
     log.info("%s", headline(values, n_fake))
     return {"leads": leading_metric(n_fake), **values, "kid_x1000": 1000 * values["kid_mean"],
             "fake_samples": n_fake, "real_samples": n_real, "real_stats_cached": cached,
-            "weights_sha256": evaluator.weights.sha256, "is": values.get("is", "unavailable"),
-            "inception_images_per_second": evaluator.images_per_second}
+            "weights_sha256": evaluator.weights.sha256, "inception_precision": evaluator.precision,
+            "is": values.get("is", "unavailable"), "inception_images_per_second": evaluator.images_per_second}

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from benchmark.data import Prepared, cache_root
 from benchmark.filelock import file_lock
 from benchmark.inception import FEATURE_EXTRACTOR, InceptionWeights, feature_extractor, resolve_weights
-from benchmark.models.common import SAMPLING_PROGRESS
+from benchmark.models.common import SAMPLING_PROGRESS, autocast
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +36,15 @@ class Features:
 class Evaluator:
     """Holds the Inception network and scores uint8 image sets against cached real features."""
 
-    def __init__(self, weights: InceptionWeights | None = None, batch_size: int = 64, progress: bool = True):
+    def __init__(self, weights: InceptionWeights | None = None, batch_size: int = 64, progress: bool = True,
+                 precision: str = "fp32"):
         self.weights = weights or resolve_weights()
         # channels_last is an honest speed-up on CPU: same fp32 arithmetic, ~1.3x faster here.
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.net = feature_extractor(self.weights).to(self.device, memory_format=torch.channels_last)
+        # fp32 unless asked: bf16 autocast features keep FID within 0.5% but move KID, our leading metric,
+        # by 1-3% (docs/ARCHITECTURE.md). The precision is provenance: mixed sets are never compared.
+        self.precision = precision
         self.batch_size = batch_size
         self.progress = progress
         self.seconds = 0.0
@@ -56,13 +60,13 @@ class Evaluator:
                        else array[i : i + self.batch_size] for i in range(0, len(array), self.batch_size))
         pools, logits = [], []
         start = time.perf_counter()
-        with torch.inference_mode(), tqdm(total=total, desc=desc, unit="img", disable=not self.progress,
-                                          leave=False) as bar:
+        with torch.inference_mode(), autocast(self.device, self.precision), \
+                tqdm(total=total, desc=desc, unit="img", disable=not self.progress, leave=False) as bar:
             for batch in batches:
                 out = self.net(batch.to(self.device))
-                pools.append(out[0].cpu())
+                pools.append(out[0].float().cpu())
                 if self.weights.has_logits:
-                    logits.append(out[1].cpu())
+                    logits.append(out[1].float().cpu())
                 bar.update(len(batch))
         self.seconds += time.perf_counter() - start
         n = sum(len(p) for p in pools)
@@ -76,7 +80,8 @@ class Evaluator:
     def real_features(self, data: Prepared, n: int) -> tuple[Features, bool]:
         """Features of the first n real images (a fixed, seeded subset), cached; returns (features, from_cache)."""
         n = min(n, len(data))
-        key = f"{data.fingerprint}-{data.split}-{data.resolution}-n{n}-{self.weights.sha256}"
+        key = f"{data.fingerprint}-{data.split}-{data.resolution}-n{n}-{self.weights.sha256}" + \
+            ("" if self.precision == "fp32" else f"-{self.precision}")
         path = cache_root() / "real_stats" / f"{key}.pt"
         with file_lock(path.with_suffix(".lock")):  # study workers compute them once, the others reuse
             return self._real_features_locked(data, n, path)
@@ -206,12 +211,13 @@ def headline(values: dict[str, float], n: int) -> str:
     return f"FID = {values['fid']:.2f} (N = {n}), {kid}"
 
 
-def provenance(weights: InceptionWeights, n_fake: int, n_real: int, reference: str, bn: str = "n/a"
-               ) -> dict[str, str]:
+def provenance(evaluator: Evaluator, n_fake: int, n_real: int, reference: str, bn: str = "n/a") -> dict[str, str]:
     """How a set of numbers was made: logged beside every metric so mixed comparisons can be refused."""
+    weights = evaluator.weights
     return {
         "metrics.feature_extractor": FEATURE_EXTRACTOR,
         "metrics.weights_sha256": weights.sha256,
+        "metrics.inception_precision": evaluator.precision,
         "metrics.weights_origin": weights.origin,
         "metrics.eval_samples": str(n_fake),
         "metrics.real_samples": str(n_real),

@@ -22,7 +22,7 @@ from benchmark.metrics import headline
 from benchmark.models import family
 from benchmark.models.common import pick_device, precision_reason, resolve_precision
 from benchmark.outbox import unreachable
-from benchmark.spec import RunSpec, build_spec, load_toml
+from benchmark.spec import RunSpec, build_spec, saved_spec
 from benchmark.tracking import Silent, Tracker, environment_tags, runs_table_url
 from benchmark.train import Interrupted, train
 
@@ -142,7 +142,7 @@ def resume(run_id: str, device_name: str = "auto", progress: bool = True, restar
     spec_path = tracker.fetch("spec.toml")
     if not spec_path.is_file():
         raise UserError(f"run {run_id} has no spec.toml: it was not started by bench run")
-    saved = load_toml(spec_path)
+    saved = saved_spec(spec_path)
     cls, defaults = family(saved.get("model", ""))
     spec = build_spec(saved["model"], defaults, saved)
     check_world(spec, w)
@@ -269,7 +269,8 @@ def _summarize(spec: RunSpec, prepared: data_mod.Prepared, precision: str, meter
     cost = f"{meter.images_seen:,} images ({meter.epochs:.2f} epochs), {meter.device_hours:.4f} device-hours"
     over = overshoot(spec, meter)
     scored = headline(final, int(final["eval_samples"])) if "eval_samples" in final else ""
-    made = (f"Scored on Inception pool3 features ({tags.get('metrics.weights_origin', '?')}), "
+    made = (f"Scored on Inception pool3 features ({tags.get('metrics.weights_origin', '?')}, "
+            f"{tags.get('metrics.inception_precision', 'fp32')}), "
             f"{tags.get('metrics.eval_samples')} generated vs {tags.get('metrics.real_samples')} real images of "
             f"{tags.get('metrics.reference')}, BatchNorm statistics {tags.get('metrics.bn')}. ") if scored else ""
     result = (f"Result: {scored or 'no metrics (eval.samples = 0)'}, after {cost}, {meter.pflops:.4g} PFLOPs"

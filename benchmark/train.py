@@ -180,9 +180,10 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
         n = spec.eval["samples"]
         if n > 0:
             if evaluator is None:
-                evaluator = Evaluator(batch_size=spec.eval["batch_size"], progress=progress)
+                evaluator = Evaluator(batch_size=spec.eval["batch_size"], progress=progress,
+                                      precision=spec.eval["precision"])
                 real, cached = evaluator.real_features(data, spec.eval["real_samples"])
-                tracker.tags({**provenance(evaluator.weights, n, len(real.pool), f"{data.name}:{data.split}",
+                tracker.tags({**provenance(evaluator, n, len(real.pool), f"{data.name}:{data.split}",
                                            sampling_bn(model)),
                               "metrics.real_stats": "reused from cache" if cached else "computed"})
                 if n < SMALL_N:

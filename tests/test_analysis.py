@@ -22,13 +22,15 @@ from conftest import chromium, free_port
 TINY = ["--set", "batch_size=16", "--set", "eval.samples=8", "--set", "eval.real_samples=16", "--set",
         "eval.points=4", "--set", "eval.grid=4", "--set", "dcgan:ngf=8", "--set", "dcgan:ndf=8", "--set",
         "wgan-gp:ngf=8", "--set", "wgan-gp:ndf=8", "--set", "wgan-gp:n_critic=2", "--set", "ddpm:ch=8", "--set",
-        "ddpm:sampler_steps=4", "--set", "ddpm:num_res_blocks=1", "--set", "ddpm:attn_resolutions=[8]", "--quiet"]
+        "ddpm:sampler_steps=4", "--set", "ddpm:num_res_blocks=1", "--set", "ddpm:attn_resolutions=[8]", "--set",
+        "eval.precision=fp32", "--quiet"]
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, celeba, bench_cache):
     """`bench compare` of three families on real faces, a sampling-steps sweep, `bench report`, and one
-    more run whose metrics are made with another N: a real MLflow store shared by this module's tests."""
+    more run whose metrics are made with another N and bf16 Inception features: a real MLflow store shared by
+    this module's tests."""
     folder = tmp_path_factory.mktemp("compare")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "BENCH_CACHE": str(bench_cache),
@@ -48,11 +50,12 @@ def store(tmp_path_factory, celeba, bench_cache):
     sweep = bench("eval", ddpm.info.run_id, "--sampler-steps", "2,4", "--samples", "8")
     bench("run", "--model", "dcgan", "--budget", "32img", "--data", str(celeba), "--experiment-name", "other-n",
           "--set", "ngf=8", "--set", "ndf=8", "--set", "batch_size=16", "--set", "eval.samples=6",
-          "--set", "eval.real_samples=16", "--set", "eval.points=1", "--quiet")
+          "--set", "eval.real_samples=16", "--set", "eval.points=1", "--set", "eval.precision=bf16", "--quiet")
     # curves: two seeds of one dcgan spec, another spec, and a study trial (left out of curves by default)
     curve = ["--model", "dcgan", "--budget", "64img", "--data", str(celeba), "--experiment-name", "curves",
              "--set", "ngf=8", "--set", "ndf=8", "--set", "batch_size=16", "--set", "eval.samples=8",
-             "--set", "eval.real_samples=16", "--set", "eval.points=2", "--set", "eval.grid=4", "--quiet"]
+             "--set", "eval.real_samples=16", "--set", "eval.points=2", "--set", "eval.grid=4", "--set",
+             "eval.precision=fp32", "--quiet"]
     for extra in (["--seed", "0"], ["--seed", "1"], ["--seed", "0", "--set", "lr_g=2e-4"]):
         bench("run", *curve, *extra)
     bench("study", *[a for a in curve if a != "--budget" and a != "64img"], "--trial-budget", "64img",
@@ -187,7 +190,7 @@ def test_scaling_fit_projects_within_the_points_and_says_never_beyond_the_floor(
 def test_metrics_made_differently_are_refused_or_grouped(store):
     df = collect(None, store["client"])
     assert df["eval_samples"].nunique() == 2
-    with pytest.raises(UserError, match="not made the same way.*eval_samples"):
+    with pytest.raises(UserError, match="not made the same way.*eval_samples.*inception_precision"):
         comparable(df)
     assert sorted(len(g) for g in comparable(df, group=True)) == [1, len(df) - 1]
     proc = store["bench"]("report", "--experiment", "smoke-ddpm", "--quiet", check=False)
