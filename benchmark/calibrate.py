@@ -3,12 +3,17 @@
 Training: our default DCGAN path (prepared uint8 cache, the family's train_step with the spec's default
 precision and memory format) against the PyTorch DCGAN tutorial pipeline (torchvision ImageFolder,
 PIL decoding per batch in DataLoader workers, fp32, contiguous tensors). Evaluation: our in-memory
-Inception pass with cached real statistics against writing PNGs and calling torch-fidelity on folders.
+Inception pass with cached real statistics against writing PNGs and calling torch-fidelity on folders,
+and the Inception network in each precision. A fraction of peak is always against the measured matmul
+peak of the precision that path computes in (bf16 peaks are ~2x fp32 ones where bf16 is fast).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
+import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +27,9 @@ from benchmark.errors import UserError
 from benchmark.models.common import resolve_precision
 from benchmark.models.dcgan import DCGAN, DEFAULTS, Discriminator, Generator, dcgan_init
 from benchmark.spec import build_spec
+from benchmark.tracking import cpu_model
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 10) -> float:
@@ -39,6 +47,41 @@ def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, n: int
     return 2 * n**3 / best
 
 
+@functools.cache
+def peak(precision: str, device_type: str = "cpu") -> float:
+    """The matmul peak of a precision on this device, measured once per process."""
+    return matmul_peak(torch.device(device_type), DTYPES[precision])
+
+
+class PeakMemory:
+    """Peak resident memory (MiB) of this process inside a `with` block: Linux's high-water mark, reset on
+    entry (clear_refs 5), so each family's figure is its own and not the largest so far. None elsewhere."""
+
+    def __enter__(self) -> PeakMemory:
+        self.mib = None
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self._status = Path("/proc/self/status")
+        except OSError:
+            self._status = None
+        return self
+
+    def __exit__(self, *_) -> None:
+        if self._status is not None:
+            found = re.search(r"VmHWM:\s+(\d+) kB", self._status.read_text())
+            self.mib = int(found.group(1)) / 1024 if found else None
+
+
+def cores() -> int:
+    """Cores this process may run on (taskset, cgroups' cpusets), not the machine's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def machine_line(device: torch.device) -> str:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    return f"{name}, cores usable: {cores()}, torch threads: {torch.get_num_threads()}"
+
+
 def _tutorial_loader(root: Path, batch_size: int):
     import torchvision.datasets as dset
     import torchvision.transforms as T
@@ -48,7 +91,9 @@ def _tutorial_loader(root: Path, batch_size: int):
         raise UserError(f"the tutorial pipeline needs CelebA in the Kaggle layout; not found under {root}")
     dataset = dset.ImageFolder(str(folder), transform=T.Compose([
         T.Resize(64), T.CenterCrop(64), T.ToTensor(), T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]))
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=2, drop_last=True)
+    # The tutorial's 2 workers, never more than the cores: more decode processes than cores only queue
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=min(2, cores()),
+                                       drop_last=True)
 
 
 def _tutorial_step(netG, netD, optG, optD, real: torch.Tensor) -> None:
@@ -110,27 +155,32 @@ def training(data: str, steps: int = 8, batch_size: int = 128) -> dict[str, floa
     optD = torch.optim.Adam(netD.parameters(), lr=1e-4, betas=(0.5, 0.9999))
     loader = _tutorial_loader(root, batch_size)
 
-    print(f"DCGAN training, batch {batch_size}, {steps} timed steps each, {torch.get_num_threads()} threads")
+    print(f"{machine_line(device)}; precision picked: {precision} (precision = {spec.precision})")
+    print(f"DCGAN training, batch {batch_size}, {steps} timed steps each; the tutorial's DataLoader workers: "
+          f"{loader.num_workers}")
     theirs_ips, theirs_flops = _timed(lambda b: _tutorial_step(netG, netD, optG, optD, b[0]),
                                       itertools.cycle(loader), steps)
     ours_ips, _ = _timed(ours.train_step, our_batches(), steps)
-    peak = matmul_peak(device)
     result = {
         "ours_img_per_s": ours_ips,
         "tutorial_img_per_s": theirs_ips,
         "ratio": ours_ips / theirs_ips,
+        "precision": precision,
         "flops_per_image": flops_per_image,
         "tutorial_flops_per_image": theirs_flops,
-        "peak_flops": peak,
-        "ours_fraction_of_peak": ours_ips * flops_per_image / peak,
-        "tutorial_fraction_of_peak": theirs_ips * theirs_flops / peak,
+        "peak_flops": peak(precision),
+        "tutorial_peak_flops": peak("fp32"),
+        "ours_fraction_of_peak": ours_ips * flops_per_image / peak(precision),
+        "tutorial_fraction_of_peak": theirs_ips * theirs_flops / peak("fp32"),
+        "dataloader_workers": loader.num_workers,
     }
     print(f"  tutorial (ImageFolder + PIL per batch, fp32, contiguous)  {theirs_ips:8.1f} img/s"
-          f"   {result['tutorial_fraction_of_peak']:.1%} of peak")
+          f"   {result['tutorial_fraction_of_peak']:.1%} of the fp32 peak")
     print(f"  ours ({precision}, channels_last={spec.channels_last}, prepared cache)      {ours_ips:8.1f} img/s"
-          f"   {result['ours_fraction_of_peak']:.1%} of peak")
+          f"   {result['ours_fraction_of_peak']:.1%} of the {precision} peak")
+    peaks = ", ".join(f"{p} {peak(p) / 1e9:.0f}" for p in dict.fromkeys(("fp32", precision)))
     print(f"  ratio ours/tutorial: {result['ratio']:.2f}x   ({flops_per_image / 1e9:.2f} GFLOP per training image, "
-          f"tutorial {theirs_flops / 1e9:.2f}; fp32 matmul peak measured {peak / 1e9:.0f} GFLOP/s)")
+          f"tutorial {theirs_flops / 1e9:.2f}; matmul peaks measured: {peaks} GFLOP/s)")
     return result
 
 
@@ -166,12 +216,56 @@ def evaluation(data: str, n: int = 64) -> dict[str, float]:
     print(f"Evaluation of {n} generated images (FID + KID)")
     print(f"  usual route (PNGs on disk, torch-fidelity on folders, real recomputed) {theirs_s:7.1f} s"
           f"  FID {theirs['frechet_inception_distance']:.3f}")
-    print(f"  ours (in memory, cached real statistics, channels_last)               {ours_s:7.1f} s"
+    print(f"  ours (in memory, cached real statistics, channels_last, {evaluator.precision})         {ours_s:7.1f} s"
           f"  FID {ours['fid']:.3f}   {n / ours_s:.2f} img/s")
     print(f"  ratio: {theirs_s / ours_s:.2f}x faster")
     return {"ours_seconds": ours_s, "theirs_seconds": theirs_s, "ratio": theirs_s / ours_s,
             "images_per_second": n / ours_s, "fid_ours": ours["fid"],
-            "fid_theirs": theirs["frechet_inception_distance"]}
+            "fid_theirs": theirs["frechet_inception_distance"], "precision": evaluator.precision}
+
+
+def inception(data: str, n: int = 500) -> dict[str, dict]:
+    """Inception features in fp32 and bf16 side by side on 3 x n real faces (A, B, and B blurred): images/s,
+    the ratio to fp32, peak resident memory, and what each does to FID and KID of A-B and A-blurred B."""
+    from PIL import Image, ImageFilter
+
+    from benchmark.metrics import Evaluator, score
+
+    faces = np.asarray(prepare(data, "all", 64, progress=False).images)
+    n = min(n, len(faces) // 2)
+    order = np.random.default_rng(0).permutation(len(faces))
+    a, b = faces[order[:n]], faces[order[n : 2 * n]]
+    blurred = np.stack([np.asarray(Image.fromarray(im.transpose(1, 2, 0)).filter(ImageFilter.GaussianBlur(1)))
+                        .transpose(2, 0, 1) for im in b])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rows: dict[str, dict] = {}
+    print(f"Inception features of 3 x {n} real faces (A, B, B blurred), per precision ({machine_line(device)}); "
+          "eval.precision is fp32 unless a spec says bf16")
+    print(f"  {'precision':<10}{'img/s':>8}{'vs fp32':>9}{'peak RSS MiB':>14}{'FID A-B':>18}{'KID x1000 A-B':>20}"
+          f"{'FID A-blur':>18}{'KID x1000 A-blur':>20}")
+    for precision in ("fp32", "bf16"):
+        evaluator = Evaluator(progress=False, precision=precision)
+        evaluator.features(a[:8])  # warm-up: oneDNN picks its kernels on the first batches
+        evaluator.seconds = evaluator.images = 0
+        with PeakMemory() as memory:
+            feats = [evaluator.features(x) for x in (a, b, blurred)]
+        row = {"img_per_s": evaluator.images_per_second, "peak_rss_mib": memory.mib,
+               "real": score(feats[1], feats[0], evaluator.weights),
+               "blurred": score(feats[2], feats[0], evaluator.weights)}
+        rows[precision] = row
+        cells = []
+        for pair in ("real", "blurred"):
+            for metric, scale in (("fid", 1), ("kid_mean", 1000)):
+                value, base = row[pair][metric], rows["fp32"][pair][metric]
+                change = "" if precision == "fp32" else f" ({(value - base) / abs(base):+.2%})"
+                cells.append(f"{scale * value:.3f}{change}")
+        print(f"  {precision:<10}{row['img_per_s']:>8.2f}{row['img_per_s'] / rows['fp32']['img_per_s']:>8.2f}x"
+              f"{_mib(memory.mib):>14}{cells[0]:>18}{cells[1]:>20}{cells[2]:>18}{cells[3]:>20}")
+    return rows
+
+
+def _mib(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.0f}"
 
 
 def _time_family(name: str, prepared, batch_size: int, steps: int, sample_n: int, fraction: float = 0.0,
@@ -191,35 +285,38 @@ def _time_family(name: str, prepared, batch_size: int, steps: int, sample_n: int
         model.train_step(batch, indices=idx, fraction=fraction, data=prepared)
 
     # Not _timed: its FLOP counter refuses WGAN-GP's gradient penalty (autograd.grad on a leaf).
-    step()  # warm-up (and, for ldm's second stage, encoding the data once)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    train_ips = steps * batch_size / (time.perf_counter() - start)
-    start = time.perf_counter()
-    model.sample(sample_n, torch.Generator().manual_seed(0))
-    sample_ips = sample_n / (time.perf_counter() - start)
+    with PeakMemory() as memory:
+        step()  # warm-up (and, for ldm's second stage, encoding the data once)
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        train_ips = steps * batch_size / (time.perf_counter() - start)
+        start = time.perf_counter()
+        model.sample(sample_n, torch.Generator().manual_seed(0))
+        sample_ips = sample_n / (time.perf_counter() - start)
     return {"train_img_per_s": train_ips, "sample_img_per_s": sample_ips, "gflops_per_image":
             model.flops_per_train_image() / 1e9, "sample_gflops": model.flops_per_sample() / 1e9,
-            "sample_nfe": model.sample_nfe, "train_flops_per_s": train_ips * model.flops_per_train_image()}
+            "sample_nfe": model.sample_nfe, "train_flops_per_s": train_ips * model.flops_per_train_image(),
+            "precision": model.precision, "peak_rss_mib": memory.mib}
 
 
 def families(data: str, batch_size: int = 16, steps: int = 3, sample_n: int = 4) -> dict[str, dict]:
     """Every family at its default settings on this machine: train and sample images/s, fraction of peak."""
     prepared = prepare(str(Path(data).expanduser()), "all", 64, progress=False) if data != "synthetic" else \
         prepare("synthetic", "all", 64, synthetic_images=512, progress=False)
-    peak = matmul_peak(torch.device("cpu"))
     rows = {}
-    print(f"Every family at its default settings, batch {batch_size}, {steps} timed steps, "
-          f"{torch.get_num_threads()} threads; fp32 matmul peak {peak / 1e9:.0f} GFLOP/s")
-    print(f"  {'family':<22}{'train img/s':>12}{'GFLOP/img':>11}{'of peak':>9}{'sample img/s':>14}{'NFE':>5}")
+    print(f"Every family at its default settings, batch {batch_size}, {steps} timed steps "
+          f"({machine_line(torch.device('cpu'))}); 'of peak' is against the matmul peak of the family's precision")
+    print(f"  {'family':<22}{'precision':>10}{'train img/s':>12}{'GFLOP/img':>11}{'of peak':>9}{'sample img/s':>14}"
+          f"{'NFE':>5}{'peak RSS MiB':>14}")
     for name, fraction in (("dcgan", 0.0), ("wgan-gp", 0.0), ("ddpm", 0.0), ("ldm", 0.0), ("ldm", 0.5)):
         label = name if name != "ldm" else f"ldm ({'autoencoder' if fraction == 0 else 'latent diffusion'})"
         row = _time_family(name, prepared, batch_size, steps, sample_n, fraction)
-        row["fraction_of_peak"] = row["train_flops_per_s"] / peak
+        row["fraction_of_peak"] = row["train_flops_per_s"] / peak(row["precision"])
         rows[label] = row
-        print(f"  {label:<22}{row['train_img_per_s']:>12.1f}{row['gflops_per_image']:>11.2f}"
-              f"{row['fraction_of_peak']:>9.1%}{row['sample_img_per_s']:>14.2f}{row['sample_nfe']:>5}")
+        print(f"  {label:<22}{row['precision']:>10}{row['train_img_per_s']:>12.1f}{row['gflops_per_image']:>11.2f}"
+              f"{row['fraction_of_peak']:>9.1%}{row['sample_img_per_s']:>14.2f}{row['sample_nfe']:>5}"
+              f"{_mib(row['peak_rss_mib']):>14}")
     return rows
 
 

@@ -422,15 +422,20 @@ def compare(models, budget, data, seeds, overrides, experiment_name, out, worker
 @click.option("--steps", type=click.IntRange(1), default=8, show_default=True, help="Timed steps per path.")
 @click.option("--batch-size", type=click.IntRange(2), default=128, show_default=True,
               help="Batch of the DCGAN paths compared (ours and the tutorial's).")
-@click.option("--inception", is_flag=True, help="Also time evaluation: ours vs PNGs + torch-fidelity on a folder.")
+@click.option("--inception", is_flag=True, help="Also time evaluation: ours vs PNGs + torch-fidelity on a folder, "
+              "and Inception features in fp32 vs bf16 (speed, peak memory, and what bf16 does to FID and KID).")
 @click.option("--eval-images", type=click.IntRange(16), default=64, show_default=True,
               help="With --inception: images scored by each evaluation route.")
+@click.option("--inception-images", type=click.IntRange(16), default=500, show_default=True,
+              help="With --inception: n of the fp32-vs-bf16 table (3 x n real faces: A, B, B blurred).")
 @click.option("--families", "all_families", is_flag=True,
-              help="Also every family (dcgan, wgan-gp, ddpm, ldm) at its defaults: train and sample images/s, "
-              "fraction of peak; and our DDPM step vs diffusers' (pip install 'facebench[bench]').")
+              help="Also every family (dcgan, wgan-gp, ddpm, ldm) at its defaults: precision, train and sample "
+              "images/s, fraction of its precision's peak, peak memory; and our DDPM step vs diffusers' "
+              "(pip install 'facebench[bench]').")
 @click.option("--family-batch-size", type=click.IntRange(2), default=16, show_default=True,
               help="With --families: the batch every family trains and samples at.")
-def calibrate(data, steps, batch_size, inception, eval_images, all_families, family_batch_size) -> None:
+def calibrate(data, steps, batch_size, inception, eval_images, inception_images, all_families,
+              family_batch_size) -> None:
     """Measure training images/s of our path vs the usual tutorial pipeline, and the fraction of peak FLOP/s."""
     from benchmark import calibrate as cal
 
@@ -438,6 +443,7 @@ def calibrate(data, steps, batch_size, inception, eval_images, all_families, fam
     cal.training(data, steps, batch_size)
     if inception:
         cal.evaluation(data, eval_images)
+        cal.inception(data, inception_images)
     if all_families:
         cal.families(data, family_batch_size, min(steps, 3))
         cal.diffusers_ddpm(family_batch_size, min(steps, 3))

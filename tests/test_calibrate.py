@@ -1,0 +1,32 @@
+"""`bench calibrate` as a user runs it: fractions of peak against the peak of each path's own precision, and
+no more DataLoader workers than the cores it may use."""
+
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+
+def test_calibrate_on_one_core_measures_each_path_against_its_own_precisions_peak(celeba):
+    taskset = shutil.which("taskset")
+    if taskset is None:
+        pytest.skip("taskset (util-linux) not found")
+    proc = subprocess.run([taskset, "-c", "0", sys.executable, "-m", "benchmark.cli", "calibrate", "--data",
+                           str(celeba), "--steps", "1", "--batch-size", "8"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    # one core: one worker (the tutorial's 2 would make torch warn that it suggests at most 1)
+    assert "DataLoader workers: 1" in out and "worker" not in proc.stderr, proc.stderr[-2000:]
+    assert "cores usable: 1, torch threads: 1" in out
+    picked = re.search(r"precision picked: (fp32|bf16)", out).group(1)
+    peaks = {p: float(v) for p, v in re.findall(r"(fp32|bf16) (\d+)(?=,| GFLOP/s)", out.split("peaks measured:")[1])}
+    gflop, tutorial_gflop = map(float, re.search(r"\((\S+) GFLOP per training image, tutorial (\S+);", out).groups())
+    ours = re.search(r"ours \(.*?(\S+) img/s\s+(\S+)% of the (\w+) peak", out)
+    theirs = re.search(r"tutorial \(.*?(\S+) img/s\s+(\S+)% of the (\w+) peak", out)
+    assert ours.group(3) == picked and theirs.group(3) == "fp32"
+    for match, per_image in ((ours, gflop), (theirs, tutorial_gflop)):
+        expected = 100 * float(match.group(1)) * per_image / peaks[match.group(3)]
+        assert float(match.group(2)) == pytest.approx(expected, rel=0.05, abs=0.06), (match.group(0), peaks)
