@@ -14,11 +14,12 @@ def test_calibrate_on_one_core_measures_each_path_against_its_own_precisions_pea
     if taskset is None:
         pytest.skip("taskset (util-linux) not found")
     proc = subprocess.run([taskset, "-c", "0", sys.executable, "-m", "benchmark.cli", "calibrate", "--data",
-                           str(celeba), "--steps", "1", "--batch-size", "8"], capture_output=True, text=True,
-                          timeout=300)
+                           str(celeba), "--steps", "1", "--batch-size", "8", "--inception", "--eval-images", "16",
+                           "--inception-images", "16"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    # one core: one worker (the tutorial's 2 would make torch warn that it suggests at most 1)
+    # one core: one worker for the tutorial (its 2 would make torch warn that it suggests at most 1), and none
+    # of torch-fidelity's own 4 for the usual evaluation route
     assert "DataLoader workers: 1" in out and "worker" not in proc.stderr, proc.stderr[-2000:]
     assert "cores usable: 1, torch threads: 1" in out
     picked = re.search(r"precision picked: (fp32|bf16)", out).group(1)
@@ -30,3 +31,7 @@ def test_calibrate_on_one_core_measures_each_path_against_its_own_precisions_pea
     for match, per_image in ((ours, gflop), (theirs, tutorial_gflop)):
         expected = 100 * float(match.group(1)) * per_image / peaks[match.group(3)]
         assert float(match.group(2)) == pytest.approx(expected, rel=0.05, abs=0.06), (match.group(0), peaks)
+    # Inception in both precisions, side by side, with what bf16 does to the scores
+    rows = re.findall(r"^  (fp32|bf16)\s+(\S+)\s+(\S+)x\s+(\S+)\s+(\S+)", out, re.M)
+    assert [r[0] for r in rows] == ["fp32", "bf16"] and rows[0][2] == "1.00", out[-1500:]
+    assert re.search(r"^  bf16 .*\([+-]\d+\.\d+(%| sd)\)", out, re.M), out[-1500:]
