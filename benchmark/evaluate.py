@@ -18,7 +18,7 @@ from benchmark.metrics import (
 )
 from benchmark.models import family
 from benchmark.models.common import pick_device
-from benchmark.spec import build_spec, saved_spec
+from benchmark.spec import build_spec, load_toml
 from benchmark.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def load_run(run_id: str, device_name: str = "auto"):
     state = checkpoint.load_latest(ckpt_path)
     if state is None:
         raise UserError(f"run {run_id} has no checkpoint yet ({ckpt_path})")
-    saved = saved_spec(tracker.dir / "spec.toml")
+    saved = load_toml(tracker.dir / "spec.toml")
     cls, defaults = family(saved["model"])
     spec = build_spec(saved["model"], defaults, saved)
     run = tracker.client.get_run(run_id)

@@ -22,7 +22,7 @@ from benchmark.metrics import headline
 from benchmark.models import family
 from benchmark.models.common import pick_device, precision_reason, resolve_precision
 from benchmark.outbox import unreachable
-from benchmark.spec import RunSpec, build_spec, saved_spec
+from benchmark.spec import RunSpec, build_spec, load_toml
 from benchmark.tracking import Silent, Tracker, environment_tags, runs_table_url
 from benchmark.train import Interrupted, train
 
@@ -142,7 +142,7 @@ def resume(run_id: str, device_name: str = "auto", progress: bool = True, restar
     spec_path = tracker.fetch("spec.toml")
     if not spec_path.is_file():
         raise UserError(f"run {run_id} has no spec.toml: it was not started by bench run")
-    saved = saved_spec(spec_path)
+    saved = load_toml(spec_path)
     cls, defaults = family(saved.get("model", ""))
     spec = build_spec(saved["model"], defaults, saved)
     check_world(spec, w)

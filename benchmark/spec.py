@@ -35,7 +35,7 @@ EVAL: dict[str, Any] = {
     # BatchNorm generators (the GANs' G) sample with: standing statistics recomputed from fresh noise before
     # each evaluation (BigGAN), batch statistics (train mode, as the DCGAN tutorials), or the running averages
     "bn": "standing",
-    # Inception features in fp32: bf16 is ~1.9x faster where fast but moves KID by 1-3% (docs/ARCHITECTURE.md)
+    # Inception features in fp32: bf16 is 1.6-1.9x faster where fast but moves KID by 1.5-3% (ARCHITECTURE.md)
     "precision": "fp32",
 }
 CHOICES = {
@@ -136,13 +136,6 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"spec file {path} is not valid TOML: {err}") from None
 
 
-def saved_spec(path: str | Path) -> dict[str, Any]:
-    """A run's spec.toml as it was meant when saved: runs from before eval.precision scored fp32 features."""
-    saved = load_toml(path)
-    saved.setdefault("eval", {}).setdefault("precision", "fp32")
-    return saved
-
-
 def build_spec(
     model: str | None,
     family_defaults: dict[str, Any],
@@ -207,8 +200,8 @@ HELP = {
     "eval.batch_size": "batch for sampling and Inception features",
     "eval.bn": "BatchNorm statistics the GANs' G samples with: recomputed from fresh noise (standing, BigGAN), "
                "train mode (batch), or the running averages",
-    "eval.precision": "Inception features' precision; bf16: ~1.9x faster where bf16 is fast, FID within 0.5% of "
-                      "fp32 but KID 1-3% off (bench calibrate --inception). Runs scored differently are never compared",
+    "eval.precision": "Inception features' precision; bf16: 1.6-1.9x faster where bf16 is fast, FID within 0.5% "
+                      "of fp32 but KID 1.5-3% off (bench calibrate --inception). Never compared across precisions",
 }
 
 
