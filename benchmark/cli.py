@@ -304,7 +304,7 @@ def data_info(path, split, resolution) -> None:
 @click.option("--sampler", type=click.Choice(["tpe", "random", "cmaes"]), default="tpe", show_default=True,
               help="Optuna's sampler: TPE (Bayesian), random search, or CMA-ES.")
 @click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]), default="median", show_default=True,
-              help="Stops hopeless trials early on the FID reported at each eval point.")
+              help="Stops hopeless trials early on the study's metric (KID below 2,000 samples) at each eval point.")
 @click.option("--space", "space_file", help="Search space TOML; default experiments/studies/MODEL.toml.")
 @click.option("--data", envvar="BENCH_DATA", help="Data, as for bench run (default synthetic).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Fixed spec overrides for every trial.")

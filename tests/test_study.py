@@ -40,6 +40,10 @@ def _check_study(storage, name, trials):
     assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == list(range(trials))
     assert parent.data.params["storage"] == storage and parent.data.params["sampler"] == "tpe"
     assert "best_value" in parent.data.metrics and "best_lr_g" in parent.data.metrics
+    # no metric in the shipped space: the one that leads at the trials' N (4 < 2,000) is the objective
+    assert parent.data.params["metric"] == "kid_mean"
+    best = parent.data.metrics["best_value"]
+    assert any(r.data.metrics.get("kid_mean") == best for r in children), best
     assert parent.data.metrics["tuning_device_hours"] > 0 and parent.data.metrics["tuning_pflops"] > 0
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert "plots/study_history.png" in plots
@@ -107,12 +111,13 @@ def test_bad_search_spaces_are_user_errors(tmp_path, text, message):
     path = tmp_path / "space.toml"
     path.write_text(text)
     with pytest.raises(UserError, match=message):
-        study_mod.load_space(path, DEFAULTS)
+        study_mod.load_space(path, DEFAULTS, 64)
 
 
 def test_shipped_space_is_valid_and_beta2_is_log_scaled_on_one_minus():
-    space, metric = study_mod.load_space(ROOT / "experiments" / "studies" / "dcgan.toml", DEFAULTS)
-    assert metric == "fid" and space["beta2"]["kind"] == "one_minus_log"
+    space, metric = study_mod.load_space(ROOT / "experiments" / "studies" / "dcgan.toml", DEFAULTS, 64)
+    assert metric == "kid_mean" and space["beta2"]["kind"] == "one_minus_log"  # KID leads below 2,000 samples
+    assert study_mod.load_space(ROOT / "experiments" / "studies" / "dcgan.toml", DEFAULTS, 2000)[1] == "fid"
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
     values = study_mod.suggest(trial, space)
     assert 0.9 <= values["beta2"] <= 0.9999 and 1e-5 <= values["lr_g"] <= 1e-2
