@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import os
 import re
 import tempfile
 import time
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmark.cores import usable
 from benchmark.data import prepare
 from benchmark.errors import UserError
 from benchmark.models.common import resolve_precision
@@ -72,14 +72,9 @@ class PeakMemory:
             self.mib = int(found.group(1)) / 1024 if found else None
 
 
-def cores() -> int:
-    """Cores this process may run on (taskset, cgroups' cpusets), not the machine's count."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def machine_line(device: torch.device) -> str:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
-    return f"{name}, cores usable: {cores()}, torch threads: {torch.get_num_threads()}"
+    return f"{name}, cores usable: {usable()}, torch threads: {torch.get_num_threads()}"
 
 
 def _tutorial_loader(root: Path, batch_size: int):
@@ -92,7 +87,7 @@ def _tutorial_loader(root: Path, batch_size: int):
     dataset = dset.ImageFolder(str(folder), transform=T.Compose([
         T.Resize(64), T.CenterCrop(64), T.ToTensor(), T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]))
     # The tutorial's 2 workers, never more than the cores: more decode processes than cores only queue
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=min(2, cores()),
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=min(2, usable()),
                                        drop_last=True)
 
 
@@ -229,20 +224,18 @@ def evaluation(data: str, n: int = 64) -> dict[str, float]:
 def inception(data: str, n: int = 500) -> dict[str, dict]:
     """Inception features in fp32 and bf16 side by side on 3 x n real faces (A, B, and B blurred): images/s,
     the ratio to fp32, peak resident memory, and what each does to FID and KID of A-B and A-blurred B."""
-    from PIL import Image, ImageFilter
-
     from benchmark.metrics import Evaluator, score
 
-    faces = np.asarray(prepare(data, "all", 64, progress=False).images)
+    prepared = prepare(data, "all", 64, progress=False)
+    faces = np.asarray(prepared.images)
     n = min(n, len(faces) // 2)
     order = np.random.default_rng(0).permutation(len(faces))
     a, b = faces[order[:n]], faces[order[n : 2 * n]]
-    blurred = np.stack([np.asarray(Image.fromarray(im.transpose(1, 2, 0)).filter(ImageFilter.GaussianBlur(1)))
-                        .transpose(2, 0, 1) for im in b])
+    blurred = blur(b, 1)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rows: dict[str, dict] = {}
-    print(f"Inception features of 3 x {n} real faces (A, B, B blurred), per precision ({machine_line(device)}); "
-          "eval.precision is fp32 unless a spec says bf16")
+    print(f"Inception features of 3 x {n} real faces of {prepared.name} (A, B, B blurred), per precision "
+          f"({machine_line(device)}); eval.precision is fp32 unless a spec says bf16")
     print(f"  {'precision':<10}{'img/s':>8}{'vs fp32':>9}{'peak RSS MiB':>14}{'FID A-B':>18}{'KID x1000 A-B':>20}"
           f"{'FID A-blur':>18}{'KID x1000 A-blur':>20}")
     for precision in ("fp32", "bf16"):
@@ -267,6 +260,14 @@ def inception(data: str, n: int = 500) -> dict[str, dict]:
         print(f"  {precision:<10}{row['img_per_s']:>8.2f}{row['img_per_s'] / rows['fp32']['img_per_s']:>8.2f}x"
               f"{_mib(memory.mib):>14}{cells[0]:>18}{cells[1]:>20}{cells[2]:>18}{cells[3]:>20}")
     return rows
+
+
+def blur(images: np.ndarray, radius: float) -> np.ndarray:
+    """uint8 NCHW faces through PIL's Gaussian blur: a known degradation that FID and KID must rank."""
+    from PIL import Image, ImageFilter
+
+    return np.stack([np.asarray(Image.fromarray(im.transpose(1, 2, 0)).filter(ImageFilter.GaussianBlur(radius)))
+                     .transpose(2, 0, 1) for im in images])
 
 
 def _mib(value: float | None) -> str:
@@ -311,7 +312,8 @@ def families(data: str, batch_size: int = 16, steps: int = 3, sample_n: int = 4)
         prepare("synthetic", "all", 64, synthetic_images=512, progress=False)
     rows = {}
     print(f"Every family at its default settings, batch {batch_size}, {steps} timed steps "
-          f"({machine_line(torch.device('cpu'))}); 'of peak' is against the matmul peak of the family's precision")
+          f"({machine_line(torch.device('cpu'))}); 'of peak' is against the matmul peak of the family's precision; "
+          "peak RSS is this process's high-water mark during the row, what it already holds included")
     print(f"  {'family':<22}{'precision':>10}{'train img/s':>12}{'GFLOP/img':>11}{'of peak':>9}{'sample img/s':>14}"
           f"{'NFE':>5}{'peak RSS MiB':>14}")
     for name, fraction in (("dcgan", 0.0), ("wgan-gp", 0.0), ("ddpm", 0.0), ("ldm", 0.0), ("ldm", 0.5)):

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from benchmark import synthetic
+from benchmark import cores, synthetic
 from benchmark.errors import UserError
 from benchmark.filelock import file_lock
 
@@ -226,7 +226,7 @@ def _synthetic_chunk(args: tuple[int, int, int]) -> np.ndarray:
 
 
 def _workers() -> int:
-    return max(1, min(len(os.sched_getaffinity(0)), 8))
+    return max(1, min(cores.usable(), 8))
 
 
 # ---------------------------------------------------------------- the cache

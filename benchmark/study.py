@@ -235,16 +235,17 @@ def parent_run(opts: StudyOptions, space: dict, metric: str) -> str:
     return tracker.run_id
 
 
-def trial_spec(opts: StudyOptions):
-    """A trial's spec before the sampled values: the family's defaults under the study's --set overrides."""
-    return build_spec(opts.model, family(opts.model)[1], {}, opts.overrides, {"budget": opts.trial_budget})
+def study_space(opts: StudyOptions) -> tuple[dict[str, dict], str]:
+    """The study's space and objective, for trials built from the family's defaults under its --set overrides
+    (a bad --set fails here); the objective defaults to the metric that leads at their eval.samples."""
+    _, defaults = family(opts.model)
+    spec = build_spec(opts.model, defaults, {}, opts.overrides, {"budget": opts.trial_budget})
+    return load_space(opts.space_file, defaults, spec.eval["samples"])
 
 
 def run_worker(opts: StudyOptions, parent_id: str, progress: bool = False) -> None:
     """Run trials until the study has opts.trials counted trials."""
-    _, defaults = family(opts.model)
-    spec = trial_spec(opts)  # a bad --set fails now
-    space, metric = load_space(opts.space_file, defaults, spec.eval["samples"])
+    space, metric = study_space(opts)
     study = load_study(opts)
     experiment = opts.experiment_name or f"study-{opts.model}"
     worker = _worker_id()
@@ -345,8 +346,7 @@ def finalize(opts: StudyOptions, parent_id: str) -> dict[str, Any]:
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if complete:
         best = study.best_trial
-        _, defaults = family(opts.model)
-        space, _ = load_space(opts.space_file, defaults, trial_spec(opts).eval["samples"])
+        space, _ = study_space(opts)
         best_params = {k: v for k, v in _spec_values(best.params, space).items()}
         summary.update(best_value=best.value, best_trial=best.number, best_params=best_params)
         tracker.metrics({"best_value": best.value, **{f"best_{k}": float(v) for k, v in best_params.items()
@@ -396,8 +396,7 @@ def _plots(study: optuna.Study, tracker: Tracker) -> None:
 
 def run_study(opts: StudyOptions, workers: int = 1, progress: bool = True) -> dict[str, Any]:
     """Create or continue the study, run `workers` local processes of it, then summarize into MLflow."""
-    _, defaults = family(opts.model)
-    space, metric = load_space(opts.space_file, defaults, trial_spec(opts).eval["samples"])
+    space, metric = study_space(opts)
     make_sampler(opts.sampler, None), make_pruner(opts.pruner)  # fail early on bad names
     load_study(opts)
     parent_id = parent_run(opts, space, metric)

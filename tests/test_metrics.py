@@ -5,10 +5,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageFilter
+from PIL import Image
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 
 from benchmark import inception
+from benchmark.calibrate import blur
 from benchmark.data import prepare
 from benchmark.metrics import Evaluator, Features, frechet_distance, provenance, score
 from conftest import bench_inprocess
@@ -35,11 +36,6 @@ def test_converted_network_matches_torchscript(celeba, evaluator):
     assert evaluator.weights.origin == "converted-fid-helper" and not evaluator.weights.has_logits
 
 
-def _blur(images, radius):
-    return np.stack([np.asarray(Image.fromarray(im.transpose(1, 2, 0)).filter(ImageFilter.GaussianBlur(radius)))
-                     .transpose(2, 0, 1) for im in images])
-
-
 @pytest.fixture(scope="module")
 def faces(celeba):
     """Disjoint real halves A and B of N faces, B blurred twice as much, and noise: uint8 sets by name."""
@@ -47,7 +43,7 @@ def faces(celeba):
     order = np.random.default_rng(1).permutation(len(faces))
     half_a, half_b = faces[order[:N]], faces[order[N : 2 * N]]
     noise = np.random.default_rng(2).integers(0, 256, half_b.shape, dtype=np.uint8)
-    return {"a": half_a, "real": half_b, "blur1": _blur(half_b, 1), "blur2": _blur(half_b, 2), "noise": noise}
+    return {"a": half_a, "real": half_b, "blur1": blur(half_b, 1), "blur2": blur(half_b, 2), "noise": noise}
 
 
 @pytest.fixture(scope="module")
