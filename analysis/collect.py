@@ -40,8 +40,8 @@ def collect(experiments: list[str] | None = None, client: MlflowClient | None = 
                 continue
             rows += _eval_points(client, exp.name, run)
             params[run.info.run_id] = run.data.params
-    columns = ["run_id", "run_name", "model", "family", "curve", "bn", "experiment", "status", "spec_hash", *HYPER,
-               "parent_run", *PROVENANCE, *[m for m in METRICS if m != "eval_samples"], "kid_x1000", "kid_x1000_std"]
+    columns = ["run_id", "run_name", "model", "family", "curve", "alias", "bn", "experiment", "status", "spec_hash",
+               *HYPER, "parent_run", *PROVENANCE, *[m for m in METRICS if m != "eval_samples"], "kid_x1000", "kid_x1000_std"]
     df = pd.DataFrame(rows, columns=columns)
     df["kid_x1000"], df["kid_x1000_std"] = 1000 * df["kid_mean"], 1000 * df["kid_std"]
     return label_curves(df, params)
@@ -58,8 +58,9 @@ def curve_key(params: dict[str, str]) -> str:
 
 
 def label_curves(df: pd.DataFrame, params: dict[str, dict[str, str]]) -> pd.DataFrame:
-    """`model` becomes the curve's name: the family where it has one spec, else the family and what differs
-    between its specs (`dcgan lr_g=0.0002`); `family` keeps the family."""
+    """`model` becomes the curve's name: the family where it has one spec, else the name each of its specs ran
+    under (`bench compare --models seed-dcgan.toml,...`) where those tell them apart, else the family and what
+    differs between its specs (`dcgan lr_g=0.0002`); `family` keeps the family."""
     if df.empty:
         return df
     df["family"] = df["model"]
@@ -73,6 +74,9 @@ def label_curves(df: pd.DataFrame, params: dict[str, dict[str, str]]) -> pd.Data
         differing = [k for k in fields if len({spec.get(k) for spec in specs.values()}) > 1]
         labels = {curve: f"{fam} " + " ".join(f"{k}={spec.get(k)}" for k in differing[:4])
                   + (" ..." if len(differing) > 4 else "") for curve, spec in specs.items()}
+        aliases = runs.drop_duplicates("curve").set_index("curve")["alias"]
+        if aliases.notna().all() and aliases.is_unique:
+            labels = aliases.to_dict()
         df.loc[runs.index, "model"] = runs["curve"].map(labels)
     return df
 
@@ -91,7 +95,7 @@ def _eval_points(client: MlflowClient, experiment: str, run) -> list[dict]:
             by_step.setdefault(m.step, {})[key] = m.value
     base = {
         "run_id": run.info.run_id, "run_name": run.info.run_name, "model": params.get("model"),
-        "curve": curve_key(params), "bn": tags.get("metrics.bn", "n/a"),
+        "curve": curve_key(params), "alias": tags.get("model_alias"), "bn": tags.get("metrics.bn", "n/a"),
         "experiment": experiment, "status": run.info.status, "spec_hash": tags.get("spec_hash"),
         **{h: _number(params.get(h)) for h in HYPER},
         "parent_run": tags.get("mlflow.parentRunId"),

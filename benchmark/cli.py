@@ -309,13 +309,16 @@ def data_info(path, split, resolution) -> None:
 @click.option("--data", envvar="BENCH_DATA", help="Data, as for bench run (default synthetic).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Fixed spec overrides for every trial.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Trial n trains with seed + n.")
+@click.option("--enqueue", multiple=True, metavar="KEY=VALUE",
+              help="Try these settings of the space first, e.g. a known-good baseline (--enqueue lr_g=2e-4 "
+              "--enqueue beta2=0.999); keys not given are drawn. Repeatable; added once per study.")
 @click.option("--experiment-name", help="MLflow experiment; default study-MODEL.")
 @click.option("--worker-of", hidden=True, help="Internal: run as a worker of this parent MLflow run.")
 @device_option
 @tracking_option
 @quiet_option
 def study(model, trials, trial_budget, study_name, storage, workers, sampler, pruner, space_file, data, overrides,
-          seed, experiment_name, worker_of, device, tracking_uri, quiet) -> None:
+          seed, enqueue, experiment_name, worker_of, device, tracking_uri, quiet) -> None:
     """Tune learning rates and Adam betas with Optuna at a fixed budget per trial, pruning hopeless trials."""
     from benchmark import study as study_mod
     from benchmark.budget import Budget
@@ -328,7 +331,7 @@ def study(model, trials, trial_budget, study_name, storage, workers, sampler, pr
         model=model, trials=trials, trial_budget=trial_budget,
         study_name=study_name or f"{model}-{trial_budget}", storage=storage or study_mod.default_storage(),
         space_file=space_file, sampler=sampler, pruner=pruner, data=data, overrides=tuple(overrides), seed=seed,
-        experiment_name=experiment_name, device=device)
+        experiment_name=experiment_name, device=device, enqueue=tuple(enqueue))
     if worker_of:
         study_mod.run_worker(opts, worker_of)
         return
@@ -371,11 +374,14 @@ def report(experiments, out, group, project_to, include_trials, tracking_uri, qu
 
 
 @cli.command()
-@click.option("--models", required=True, help="Comma-separated families (or aliases), e.g. dcgan,wgan-gp,ddpm.")
+@click.option("--models", required=True,
+              help="Comma-separated families, aliases or spec files, e.g. dcgan,wgan-gp,ddpm or "
+              "experiments/seed-dcgan.toml,my-dcgan.toml,ddpm (a file's name names its runs and curve).")
 @click.option("--budget", required=True, help="The same budget for every run, as for bench run.")
 @click.option("--data", envvar="BENCH_DATA", help="The same data for every run (default synthetic).")
-@click.option("--seeds", type=click.IntRange(1), default=1, show_default=True,
-              help="Runs per model with seeds 0..N-1; tables show mean and spread.")
+@click.option("--seeds", default="1", show_default=True,
+              help="Runs per model with seeds 0..N-1; tables show mean and spread. Per model: 1,dcgan=2 "
+              "(two seeds of dcgan, one of the rest).")
 @click.option("--set", "overrides", multiple=True, metavar="[MODEL:]KEY=VALUE",
               help="Override for every model (key=value) or one (ddpm:ch=32). Repeatable.")
 @click.option("--experiment-name", help="MLflow experiment for the runs; default compare-<date-time>.")

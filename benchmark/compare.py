@@ -30,17 +30,67 @@ def split_overrides(models: list[str], overrides: tuple[str, ...]) -> dict[str, 
     return per_model
 
 
-def plan(models: list[str], budget: str, data: str | None, seeds: int, overrides: tuple[str, ...]) -> list:
+def is_spec_file(typed: str) -> bool:
+    return typed.endswith(".toml")
+
+
+def alias(typed: str) -> str:
+    """What names a model's runs: the family or alias as typed, or a spec file's stem (seed-dcgan)."""
+    return Path(typed).stem if is_spec_file(typed) else typed
+
+
+def run_tags(typed: str, spec) -> dict[str, str]:
+    """The tags that tell a model's runs apart where two share a family (two dcgan spec files)."""
+    tags = {"model_alias": alias(typed)} if alias(typed) != spec.model else {}
+    return {**tags, "spec_file": Path(typed).name} if is_spec_file(typed) else tags
+
+
+def settings(typed: str) -> tuple[str, dict]:
+    """(family, spec-file settings) for a --models entry: a family, an alias, or a TOML spec file."""
+    from benchmark.models import resolve
+    from benchmark.spec import load_toml
+
+    if not is_spec_file(typed):
+        return resolve(typed, {})
+    if not Path(typed).is_file():
+        raise UserError(f"--models {typed}: no such spec file")
+    experiment = load_toml(typed)
+    if "model" not in experiment:
+        raise UserError(f"{typed} names no model family (model = \"dcgan\")")
+    return resolve(experiment["model"], experiment)
+
+
+def seeds_per_model(models: list[str], seeds: int | str) -> dict[str, int]:
+    """`--seeds 3` gives every model seeds 0..2; `--seeds 1,dcgan=2` gives dcgan two and the others one (a model
+    is named as typed or, for a spec file, by its stem)."""
+    head, *rest = str(seeds).split(",")
+    try:
+        counts = {m: int(head) for m in models}
+        for item in rest:
+            name, _, n = item.partition("=")
+            owner = [m for m in models if name.strip() in (m, alias(m))]
+            if not owner:
+                raise UserError(f"--seeds {seeds}: {name.strip()!r} is not in --models")
+            counts[owner[0]] = int(n)
+    except ValueError:
+        raise UserError(f"--seeds {seeds}: give N, or N,MODEL=N,... (N >= 1)") from None
+    if min(counts.values()) < 1:
+        raise UserError(f"--seeds {seeds}: every model needs at least one seed")
+    return counts
+
+
+def plan(models: list[str], budget: str, data: str | None, seeds: int | str, overrides: tuple[str, ...]) -> list:
     """(model as typed, its overrides, validated spec) per run; every spec is checked before a run starts."""
-    from benchmark.models import family, resolve
+    from benchmark.models import family
     from benchmark.spec import build_spec
 
     runs = []
     per_model = split_overrides(models, overrides)
+    counts = seeds_per_model(models, seeds)
     for typed in models:
-        name, experiment = resolve(typed, {})
+        name, experiment = settings(typed)
         _, defaults = family(name)
-        for seed in range(seeds):
+        for seed in range(counts[typed]):
             runs.append((typed, per_model[typed], build_spec(name, defaults, experiment, per_model[typed],
                                                               {"data": data, "budget": budget, "seed": seed})))
     return runs
@@ -48,7 +98,8 @@ def plan(models: list[str], budget: str, data: str | None, seeds: int, overrides
 
 def run_command(typed: str, model_overrides: list[str], spec, experiment_name: str, device: str) -> list[str]:
     """The `bench run` line of one (model, seed) of a compare: what a worker runs, or a cluster's scheduler."""
-    cmd = ["bench", "run", "--model", typed, "--budget", spec.budget, "--seed", str(spec.seed)]
+    cmd = ["bench", "run", *(["--spec", typed, "--tag", f"model_alias={alias(typed)}"] if is_spec_file(typed) else
+                              ["--model", typed]), "--budget", spec.budget, "--seed", str(spec.seed)]
     if spec.data != "synthetic":
         cmd += ["--data", spec.data]
     for item in model_overrides:
@@ -56,7 +107,7 @@ def run_command(typed: str, model_overrides: list[str], spec, experiment_name: s
     return cmd + ["--experiment-name", experiment_name, "--tag", f"compare={experiment_name}", "--device", device]
 
 
-def compare(models: list[str], budget: str, data: str | None, seeds: int, overrides: tuple[str, ...],
+def compare(models: list[str], budget: str, data: str | None, seeds: int | str, overrides: tuple[str, ...],
             experiment_name: str | None, out: Path | None, device: str = "auto", progress: bool = True,
             workers: int = 1) -> Path:
     from analysis.report import build
@@ -73,13 +124,12 @@ def compare(models: list[str], budget: str, data: str | None, seeds: int, overri
             log.info("[%d/%d] %s seed %d, budget %s", i, len(runs), typed, spec.seed, budget)
             try:
                 runner.start(spec, device, experiment_name, None, progress,
-                             extra_tags={"compare": experiment_name, **({"model_alias": typed} if typed != spec.model
-                                                                        else {})})
+                             extra_tags={"compare": experiment_name, **run_tags(typed, spec)})
             except UserError:
                 raise
             except Exception as err:  # one model failing (e.g. diverging) must not lose the others
                 log.warning("%s seed %d failed: %s", typed, spec.seed, err)
-                failed.append(runner.default_run_name(spec, {"model_alias": typed}))
+                failed.append(runner.default_run_name(spec, run_tags(typed, spec)))
     if failed:
         log.warning("failed runs (kept in MLflow as FAILED): %s", ", ".join(failed))
     return build(out, [experiment_name])
@@ -98,7 +148,7 @@ def _in_workers(runs: list, experiment_name: str, device: str, workers: int, log
 
     logs.mkdir(parents=True, exist_ok=True)
     env = {**worker_env(workers), "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
-    pending = [(runner.default_run_name(spec, {"model_alias": typed}),
+    pending = [(runner.default_run_name(spec, run_tags(typed, spec)),
                 [sys.executable, "-m", "benchmark.cli", *run_command(typed, extra, spec, experiment_name, device)[1:],
                  "--quiet"]) for typed, extra, spec in runs]
     running: list[tuple[str, subprocess.Popen, object]] = []

@@ -34,7 +34,7 @@ from benchmark.errors import UserError
 from benchmark.filelock import file_lock
 from benchmark.metrics import leading_metric
 from benchmark.models import family
-from benchmark.spec import build_spec, load_toml
+from benchmark.spec import build_spec, load_toml, parse_value
 from benchmark.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,27 @@ def suggest(trial: optuna.Trial, space: dict[str, dict]) -> dict[str, Any]:
             gap = trial.suggest_float(f"one_minus_{name}", 1 - d["high"], 1 - d["low"], log=True)
             values[name] = 1 - gap
     return values
+
+
+def enqueued_params(items: tuple[str, ...], space: dict[str, dict]) -> dict[str, Any]:
+    """Optuna's parameters for `--enqueue KEY=VALUE` settings: a point of the space (a known-good baseline)
+    to try before the sampler's own; a key outside the space or a value outside its range is refused."""
+    params: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or name not in space:
+            raise UserError(f"--enqueue {item!r}: give KEY=VALUE with KEY one of the space's: {', '.join(space)}")
+        d, value = space[name], parse_value(text)
+        if d["kind"] == "categorical":
+            if value not in d["choices"]:
+                raise UserError(f"--enqueue {item!r}: {name} is one of {d['choices']}")
+            params[name] = value
+            continue
+        if not isinstance(value, (int, float)) or not d["low"] <= value <= d["high"]:
+            raise UserError(f"--enqueue {item!r}: {name} lies in [{d['low']}, {d['high']}]")
+        params[f"one_minus_{name}" if d["kind"] == "one_minus_log" else name] = (
+            float(f"{1 - value:.12g}") if d["kind"] == "one_minus_log" else value)
+    return params
 
 
 # ---------------------------------------------------------------- storage, sampler, pruner
@@ -156,6 +177,7 @@ class StudyOptions:
     seed: int = 0
     experiment_name: str | None = None
     device: str = "auto"
+    enqueue: tuple[str, ...] = ()
 
 
 def _worker_id() -> str:
@@ -398,7 +420,9 @@ def run_study(opts: StudyOptions, workers: int = 1, progress: bool = True) -> di
     """Create or continue the study, run `workers` local processes of it, then summarize into MLflow."""
     space, metric = study_space(opts)
     make_sampler(opts.sampler, None), make_pruner(opts.pruner)  # fail early on bad names
-    load_study(opts)
+    study = load_study(opts)
+    if opts.enqueue:  # once: a re-run that tops the study up finds it there and adds nothing
+        study.enqueue_trial(enqueued_params(opts.enqueue, space), skip_if_exists=True)
     parent_id = parent_run(opts, space, metric)
     mlflow.tracking.MlflowClient().update_run(parent_id, status="RUNNING")
     log.info("study %s in %s; parent MLflow run %s", opts.study_name, opts.storage, parent_id)

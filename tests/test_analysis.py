@@ -311,3 +311,21 @@ def test_a_spec_files_runs_are_filed_and_reported_under_its_name(celeba, tmp_pat
     proc = bench("report", "--experiment", "smoke-ddpm.toml", check=False)
     assert proc.returncode == 2 and "no MLflow experiment named smoke-ddpm" in proc.stderr
     assert "it has: tiny-dcgan" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_compare_of_two_spec_files_of_one_family_names_curves_by_file(store, celeba, tmp_path):
+    """Two dcgan settings in one compare (the seed's and a tuned one): each spec file's stem names its runs and
+    its curve, and `--seeds 1,MODEL=2` gives one of them a second seed."""
+    for name, lr in (("seed-like", "1e-4"), ("tuned", "2e-4")):
+        (tmp_path / f"{name}.toml").write_text(f'model = "dcgan"\nlr_g = {lr}\nngf = 8\nndf = 8\n')
+    files = [str(tmp_path / "seed-like.toml"), str(tmp_path / "tuned.toml")]
+    store["bench"]("compare", "--models", ",".join(files), "--budget", "32img", "--data", str(celeba),
+                   "--seeds", "1,seed-like=2", "--experiment-name", "files", "--out", "files-report", *TINY[:10])
+    df = collect(["files"], store["client"])
+    runs = df.drop_duplicates("run_id")
+    assert sorted(runs["run_name"]) == ["seed-like-32img-s0", "seed-like-32img-s1", "tuned-32img-s0"]
+    assert sorted(df["model"].unique()) == ["seed-like", "tuned"] and set(df["family"]) == {"dcgan"}
+    table = tables.quality_at_equal_cost(df, "images_seen", metric="kid_x1000")
+    assert any("(n=2 seeds)" in cell for cell in table.loc["seed-like"])
+    tags = store["client"].get_run(runs["run_id"].iloc[0]).data.tags
+    assert tags["spec_file"].endswith(".toml") and tags["compare"] == "files"

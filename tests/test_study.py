@@ -68,8 +68,12 @@ def postgres(postgres_server):
 
 
 def test_six_trials_two_workers_on_postgresql(postgres):
-    bench(*_study_cmd(postgres, "pg", 6, "--workers", "2"))
-    _check_study(postgres, "pg", 6)
+    baseline = ["--enqueue", "lr_g=3e-4", "--enqueue", "beta2=0.99"]  # a known-good point, tried first
+    bench(*_study_cmd(postgres, "pg", 5, "--workers", "2", *baseline))
+    bench(*_study_cmd(postgres, "pg", 6, "--workers", "2", *baseline))  # topping up does not enqueue it again
+    study = _check_study(postgres, "pg", 6)
+    (first,) = [t for t in study.trials if t.params["lr_g"] == 3e-4]
+    assert first.number == 0 and first.params["one_minus_beta2"] == pytest.approx(0.01)
 
 
 def test_worker_killed_mid_trial_then_rerun_completes(tmp_path):
@@ -112,6 +116,14 @@ def test_bad_search_spaces_are_user_errors(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(UserError, match=message):
         study_mod.load_space(path, DEFAULTS, 64)
+
+
+def test_enqueued_settings_must_lie_in_the_space():
+    space, _ = study_mod.load_space(ROOT / "experiments" / "studies" / "dcgan.toml", DEFAULTS, 500)
+    assert study_mod.enqueued_params(("lr_d=2e-4", "beta2=0.999"), space) == {"lr_d": 2e-4, "one_minus_beta2": 1e-3}
+    for bad, message in (("beta2=0.5", "lies in"), ("z_dim=50", "one of the space's"), ("lr_g", "KEY=VALUE")):
+        with pytest.raises(UserError, match=message):
+            study_mod.enqueued_params((bad,), space)
 
 
 def test_shipped_space_is_valid_and_beta2_is_log_scaled_on_one_minus():

@@ -9,7 +9,7 @@ import urllib.request
 
 from mlflow.tracking import MlflowClient
 
-from conftest import bench, bench_inprocess, free_port
+from conftest import ROOT, bench, bench_inprocess, free_port
 
 SMALL = ["--set", "batch_size=16", "--set", "eval.samples=6", "--set", "eval.real_samples=16", "--set",
          "eval.points=2", "--set", "eval.grid=4", "--set", "ngf=8", "--set", "ndf=8", "--set", "wgan-gp:n_critic=2"]
@@ -71,3 +71,17 @@ def test_print_commands_gives_one_run_line_per_model_and_seed(capsys):
         assert "eval.samples=500" in r and ("ch=32" in r) == (r[r.index("--model") + 1] == "ddpm")
         assert "compare=c1" in r
     assert not MlflowClient().search_experiments(filter_string="name = 'c1'")  # nothing ran
+
+
+def test_print_commands_runs_spec_files_and_seeds_per_model(capsys):
+    seed_dcgan = str(ROOT / "experiments" / "seed-dcgan.toml")
+    code, out, err = bench_inprocess("compare", "--models", f"{seed_dcgan},ddpm", "--budget", "5m",
+                                     "--seeds", "1,seed-dcgan=2", "--experiment-name", "c2", "--print-commands",
+                                     capsys=capsys)
+    assert code == 0, err
+    runs = [shlex.split(line) for line in out.strip().splitlines()[:-1]]
+    assert [(r[r.index("--seed") + 1], "--spec" in r) for r in runs] == [("0", True), ("1", True), ("0", False)]
+    assert runs[0][runs[0].index("--spec") + 1] == seed_dcgan and "model_alias=seed-dcgan" in runs[0]
+    code, out, err = bench_inprocess("compare", "--models", "dcgan", "--budget", "5m", "--seeds", "1,ddpm=2",
+                                     "--print-commands", capsys=capsys)
+    assert code != 0 and "'ddpm' is not in --models" in err
