@@ -41,7 +41,8 @@ def collect(experiments: list[str] | None = None, client: MlflowClient | None = 
             rows += _eval_points(client, exp.name, run)
             params[run.info.run_id] = run.data.params
     columns = ["run_id", "run_name", "model", "family", "curve", "alias", "bn", "experiment", "status", "spec_hash",
-               *HYPER, "parent_run", *PROVENANCE, *[m for m in METRICS if m != "eval_samples"], "kid_x1000", "kid_x1000_std"]
+               *HYPER, "parent_run", *PROVENANCE, *[m for m in METRICS if m != "eval_samples"],
+               "kid_x1000", "kid_x1000_std"]
     df = pd.DataFrame(rows, columns=columns)
     df["kid_x1000"], df["kid_x1000_std"] = 1000 * df["kid_mean"], 1000 * df["kid_std"]
     return label_curves(df, params)
