@@ -1,7 +1,8 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
-from benchmark.models.dcgan import DCGAN, DEFAULTS, Discriminator, Generator
+from benchmark.models.dcgan import DCGAN, DEFAULTS, Discriminator, Generator, bce
 from benchmark.spec import build_spec
 
 
@@ -17,6 +18,22 @@ def test_seed_architecture_parameter_counts():
     assert sum(isinstance(m, torch.nn.Conv2d) for m in d.modules()) == 5
     assert isinstance(d.main[1], torch.nn.LeakyReLU)  # no BatchNorm on D's first layer
     assert isinstance(d.main[-1], torch.nn.Sigmoid) and isinstance(g.main[-1], torch.nn.Tanh)
+
+
+def test_the_loss_keeps_g_learning_when_d_rejects_its_fakes():
+    """The seed's BCE on D's probabilities clamps them at 1e-12 in the gradient: at a logit of -35 G's gradient
+    is 1,600 times too small. From the logits it stays -1, and the loss is the seed's wherever nothing clamps."""
+    for logit in (-10.0, -35.0, -80.0):
+        x = torch.tensor([logit], requires_grad=True)
+        bce(x, torch.ones(1)).backward()
+        assert x.grad.item() == pytest.approx(-1.0, abs=1e-4), logit
+    x = torch.linspace(-8, 8, 17)
+    for target in (torch.zeros(17), torch.ones(17)):
+        seed_loss = F.binary_cross_entropy(torch.sigmoid(x), target)
+        assert bce(x, target).item() == pytest.approx(seed_loss.item(), rel=1e-5)
+    model = DCGAN(build_spec("dcgan", DEFAULTS, overrides=["ngf=8", "ndf=8"]), torch.device("cpu"), "bf16")
+    assert isinstance(model.D.main[-1], torch.nn.Conv2d)  # D gives logits; the sigmoid is in the loss
+    assert bce(model.D(torch.rand(2, 3, 64, 64)), torch.ones(2)).dtype == torch.float32  # fp32 under bf16 nets
 
 
 def test_train_step_sample_and_state_roundtrip():

@@ -59,7 +59,8 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """image (N, 3, 64, 64) -> probability of being real (N,): five convolutions, sigmoid output.
+    """image (N, 3, 64, 64) -> probability of being real (N,): five convolutions, sigmoid output. The DCGAN
+    family trains on its logits (sigmoid=False, see bce); the seed's network is the same.
 
     norm="layer" and sigmoid=False make it the critic of WGAN-GP, where BatchNorm would break the gradient
     penalty (it couples the samples of a batch)."""
@@ -100,8 +101,16 @@ def dcgan_init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The seed's BCE of sigmoid(logits), computed from the logits in fp32 (outside autocast). BCE on the
+    probabilities, as the seed and the PyTorch tutorial write it, clamps them at 1e-12 in its gradient: once D
+    rejects fakes with a logit below about -28 (loss_g > 28), G's gradient shrinks 1,600-fold at -35, and the
+    seed's settings on celeba-sample trapped G there within 6 epochs (docs/results/cpu-celeba-sample)."""
+    return F.binary_cross_entropy_with_logits(logits.float(), target)
+
+
 def _check_finite(*outputs: torch.Tensor) -> None:
-    """BCE refuses NaN inputs with an opaque error; name the real cause, a diverged discriminator."""
+    """A NaN or infinite output of D would train on silently; name the cause, a diverged discriminator."""
     if not all(torch.isfinite(o).all() for o in outputs):
         raise Diverged("training diverged: the discriminator's output became NaN or infinite")
 
@@ -134,7 +143,7 @@ class DCGAN:
         self._flops: dict[str, float] = {}
 
     def _discriminator(self, spec) -> nn.Module:
-        return Discriminator(spec.ndf)
+        return Discriminator(spec.ndf, sigmoid=False)  # logits: the sigmoid is inside the loss (bce)
 
     def _z(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return torch.randn(n, self.z_dim, 1, 1, generator=generator).to(self.device)
@@ -158,8 +167,7 @@ class DCGAN:
             fake = self.G(z)
             d_fake = self.D(fake.detach())
         _check_finite(d_real, d_fake)
-        # BCE in fp32 outside autocast: it is unsafe to autocast.
-        loss_d = F.binary_cross_entropy(d_real.float(), ones) + F.binary_cross_entropy(d_fake.float(), zeros)
+        loss_d = bce(d_real, ones) + bce(d_fake, zeros)
         loss_d.backward()
         average_gradients(self.D.parameters())
         self.opt_d.step()
@@ -171,7 +179,7 @@ class DCGAN:
         with autocast(self.device, self.precision):
             d_fake_g = self.D(fake)
         _check_finite(d_fake_g)
-        loss_g = F.binary_cross_entropy(d_fake_g.float(), ones)
+        loss_g = bce(d_fake_g, ones)
         loss_g.backward()
         average_gradients(self.G.parameters())
         self.D.requires_grad_(True)
@@ -179,8 +187,8 @@ class DCGAN:
         return {
             "loss_d": loss_d.item(),
             "loss_g": loss_g.item(),
-            "d_x": d_real.float().mean().item(),
-            "d_g_z": d_fake.float().mean().item(),
+            "d_x": torch.sigmoid(d_real.float()).mean().item(),
+            "d_g_z": torch.sigmoid(d_fake.float()).mean().item(),
         }
 
     @torch.no_grad()
