@@ -116,6 +116,12 @@ def compare(models: list[str], budget: str, data: str | None, seeds: int | str, 
     runs = plan(models, budget, data, seeds, overrides)
     experiment_name = experiment_name or default_name()
     out = Path(out) if out else Path("reports") / experiment_name
+    done = finished(experiment_name)
+    kept = [r for r in runs if done.get(runner.default_run_name(r[2], run_tags(r[0], r[2]))) == r[2].hash()]
+    if kept:  # the same command again completes a compare in parts: what finished is not trained twice
+        log.info("kept %d finished run(s) of %s: %s", len(kept), experiment_name,
+                 ", ".join(runner.default_run_name(spec, run_tags(typed, spec)) for typed, _, spec in kept))
+        runs = [r for r in runs if r not in kept]
     if workers > 1:
         failed = _in_workers(runs, experiment_name, device, workers, out / "logs")
     else:
@@ -133,6 +139,18 @@ def compare(models: list[str], budget: str, data: str | None, seeds: int | str, 
     if failed:
         log.warning("failed runs (kept in MLflow as FAILED): %s", ", ".join(failed))
     return build(out, [experiment_name])
+
+
+def finished(experiment_name: str) -> dict[str, str]:
+    """Run name -> spec hash of the experiment's FINISHED runs."""
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient()
+    exp = client.get_experiment_by_name(experiment_name)
+    if exp is None:
+        return {}
+    found = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'", max_results=5000)
+    return {r.info.run_name: r.data.tags.get("spec_hash") for r in found}
 
 
 def default_name() -> str:

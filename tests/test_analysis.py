@@ -329,3 +329,10 @@ def test_compare_of_two_spec_files_of_one_family_names_curves_by_file(store, cel
     assert any("(n=2 seeds)" in cell for cell in table.loc["seed-like"])
     tags = store["client"].get_run(runs["run_id"].iloc[0]).data.tags
     assert tags["spec_file"].endswith(".toml") and tags["compare"] == "files"
+    # the same command again, one seed more: the finished runs are kept, only the new one trains
+    again = store["bench"]("compare", "--models", ",".join(files), "--budget", "32img", "--data", str(celeba),
+                           "--seeds", "2", "--experiment-name", "files", "--out", "files-report", *TINY[:10])
+    assert "kept 3 finished run(s) of files" in again.stderr, again.stderr[-2000:]
+    exp_id = store["client"].get_experiment_by_name("files").experiment_id
+    names = [r.info.run_name for r in store["client"].search_runs([exp_id])]
+    assert sorted(names) == ["seed-like-32img-s0", "seed-like-32img-s1", "tuned-32img-s0", "tuned-32img-s1"]
