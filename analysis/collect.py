@@ -67,17 +67,17 @@ def label_curves(df: pd.DataFrame, params: dict[str, dict[str, str]]) -> pd.Data
     df["family"] = df["model"]
     df["model"] = df["model"].astype(str)
     for fam, runs in df.groupby("family", sort=True):
-        first = runs.drop_duplicates("curve").set_index("curve")["run_id"]  # one run speaks for its curve
+        first = runs.drop_duplicates("curve").set_index("curve")  # one run speaks for its curve
         if len(first) == 1:
             continue
-        specs = {curve: training_params(params[run_id]) for curve, run_id in first.items()}
+        if first["alias"].notna().all() and first["alias"].is_unique:
+            df.loc[runs.index, "model"] = runs["curve"].map(first["alias"])
+            continue
+        specs = {curve: training_params(params[run_id]) for curve, run_id in first["run_id"].items()}
         fields = sorted({k for spec in specs.values() for k in spec}, key=_field_order)
         differing = [k for k in fields if len({spec.get(k) for spec in specs.values()}) > 1]
         labels = {curve: f"{fam} " + " ".join(f"{k}={spec.get(k)}" for k in differing[:4])
                   + (" ..." if len(differing) > 4 else "") for curve, spec in specs.items()}
-        aliases = runs.drop_duplicates("curve").set_index("curve")["alias"]
-        if aliases.notna().all() and aliases.is_unique:
-            labels = aliases.to_dict()
         df.loc[runs.index, "model"] = runs["curve"].map(labels)
     return df
 

@@ -45,6 +45,12 @@ def run_tags(typed: str, spec) -> dict[str, str]:
     return {**tags, "spec_file": Path(typed).name} if is_spec_file(typed) else tags
 
 
+def run_name(typed: str, spec) -> str:
+    from benchmark import runner
+
+    return runner.default_run_name(spec, run_tags(typed, spec))
+
+
 def settings(typed: str) -> tuple[str, dict]:
     """(family, spec-file settings) for a --models entry: a family, an alias, or a TOML spec file."""
     from benchmark.models import resolve
@@ -52,9 +58,7 @@ def settings(typed: str) -> tuple[str, dict]:
 
     if not is_spec_file(typed):
         return resolve(typed, {})
-    if not Path(typed).is_file():
-        raise UserError(f"--models {typed}: no such spec file")
-    experiment = load_toml(typed)
+    experiment = load_toml(typed)  # a missing or malformed file is one line
     if "model" not in experiment:
         raise UserError(f"{typed} names no model family (model = \"dcgan\")")
     return resolve(experiment["model"], experiment)
@@ -117,11 +121,10 @@ def compare(models: list[str], budget: str, data: str | None, seeds: int | str, 
     experiment_name = experiment_name or default_name()
     out = Path(out) if out else Path("reports") / experiment_name
     done = finished(experiment_name)
-    kept = [r for r in runs if done.get(runner.default_run_name(r[2], run_tags(r[0], r[2]))) == r[2].hash()]
+    kept = [run_name(typed, spec) for typed, _, spec in runs if done.get(run_name(typed, spec)) == spec.hash()]
     if kept:  # the same command again completes a compare in parts: what finished is not trained twice
-        log.info("kept %d finished run(s) of %s: %s", len(kept), experiment_name,
-                 ", ".join(runner.default_run_name(spec, run_tags(typed, spec)) for typed, _, spec in kept))
-        runs = [r for r in runs if r not in kept]
+        log.info("kept %d finished run(s) of %s: %s", len(kept), experiment_name, ", ".join(kept))
+        runs = [r for r in runs if run_name(r[0], r[2]) not in kept]
     if workers > 1:
         failed = _in_workers(runs, experiment_name, device, workers, out / "logs")
     else:
@@ -135,7 +138,7 @@ def compare(models: list[str], budget: str, data: str | None, seeds: int | str, 
                 raise
             except Exception as err:  # one model failing (e.g. diverging) must not lose the others
                 log.warning("%s seed %d failed: %s", typed, spec.seed, err)
-                failed.append(runner.default_run_name(spec, run_tags(typed, spec)))
+                failed.append(run_name(typed, spec))
     if failed:
         log.warning("failed runs (kept in MLflow as FAILED): %s", ", ".join(failed))
     return build(out, [experiment_name])
@@ -162,11 +165,10 @@ def _in_workers(runs: list, experiment_name: str, device: str, workers: int, log
     its log in `logs`. A run that fails does not stop the others."""
     import mlflow
 
-    from benchmark import runner
 
     logs.mkdir(parents=True, exist_ok=True)
     env = {**worker_env(workers), "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
-    pending = [(runner.default_run_name(spec, run_tags(typed, spec)),
+    pending = [(run_name(typed, spec),
                 [sys.executable, "-m", "benchmark.cli", *run_command(typed, extra, spec, experiment_name, device)[1:],
                  "--quiet"]) for typed, extra, spec in runs]
     running: list[tuple[str, subprocess.Popen, object]] = []
