@@ -29,15 +29,21 @@ def save(path: Path, state: dict[str, Any]) -> None:
     torch.save(state, tmp)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
-    if path.exists():  # the last becomes the previous without a moment where last.pt is missing
-        staged = previous(path).with_name(previous(path).name + ".partial")
-        staged.unlink(missing_ok=True)
-        try:
-            os.link(path, staged)
-            os.replace(staged, previous(path))
-        except OSError:  # a file system without hard links: rename (a kill right here falls back to .prev)
-            os.replace(path, previous(path))
+    if not path.exists():
+        os.replace(tmp, path)
+        return
+    # The last becomes the previous with last.pt never missing and never one file with last.prev.pt: were
+    # both names one inode (a kill between two renames), damage to last.pt would take the fallback with it.
+    staged = previous(path).with_name(previous(path).name + ".partial")
+    staged.unlink(missing_ok=True)
+    try:
+        os.link(path, staged)
+    except OSError:  # a file system without hard links: rename (a kill right here falls back to .prev)
+        os.replace(path, previous(path))
+        os.replace(tmp, path)
+        return
     os.replace(tmp, path)
+    os.replace(staged, previous(path))
 
 
 def load(path: Path, what: str = "checkpoint") -> Any:

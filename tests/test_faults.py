@@ -143,6 +143,45 @@ def test_missing_and_damaged_checkpoints(capsys, caplog):
     assert run.data.metrics["device_hours"] >= spent and run.data.metrics["images_seen"] == 4000
 
 
+_SAVE_KILLED_AT_STEP = """
+import os, signal, sys
+from pathlib import Path
+import torch
+from benchmark import checkpoint
+path, kill_at, calls = sys.argv[1], int(sys.argv[2]), [0]
+def killing(step):
+    def at(*args):
+        if calls[0] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        calls[0] += 1
+        return step(*args)
+    return at
+os.replace, os.link = killing(os.replace), killing(os.link)
+checkpoint.save(Path(path), {"n": torch.tensor(3)})
+"""
+
+
+def test_a_kill_at_any_step_of_a_save_leaves_a_fallback_that_damage_to_last_pt_cannot_reach(tmp_path):
+    # CI once killed a run between two renames of save(): last.pt and last.prev.pt were one file, and
+    # damaging last.pt lost both. Kill a real process at each file-system step of a third save in turn.
+    for kill_at in range(4):
+        last = tmp_path / str(kill_at) / "last.pt"
+        checkpoint.save(last, {"n": torch.tensor(1)})
+        checkpoint.save(last, {"n": torch.tensor(2)})
+        proc = subprocess.run([sys.executable, "-c", _SAVE_KILLED_AT_STEP, str(last), str(kill_at)],
+                              capture_output=True, text=True)
+        prev = checkpoint.previous(last)
+        assert not os.path.samefile(last, prev), (kill_at, proc.returncode)
+        last.write_bytes(last.read_bytes()[:1000])  # damaged in place
+        if proc.returncode == 0:  # every step done: the save completed, its previous holds the second
+            assert int(checkpoint.load_latest(last)["n"]) == 2
+            break
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+        assert int(checkpoint.load_latest(last)["n"]) in (1, 2), kill_at
+    else:
+        pytest.fail("save() took more than four file-system steps: extend the test")
+
+
 @pytest.mark.parametrize("when", ["before the loop", "in the loop"])
 def test_sigterm_ends_the_run_killed_with_its_reason_and_resume_line(when):
     proc = subprocess.Popen([sys.executable, "-m", "benchmark.cli", *TINY_RUN, "--budget", "4000img"],
