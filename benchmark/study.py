@@ -287,12 +287,13 @@ def run_worker(opts: StudyOptions, parent_id: str, progress: bool = False) -> No
             _run_trial(study, trial, space, metric, opts, experiment, parent_id, progress)
 
 
-def report(trial: optuna.Trial, value: float, point: int, images_seen: int) -> None:
+def report(trial: optuna.Trial, value: float, point: int, images_seen: int, last: bool = False) -> None:
     """Report an eval point to the pruner, which compares trials only at equal steps: the step is the eval
     point's index (the same fraction of the trial budget in every trial), not images seen, which differ
-    between trials under a time budget or a searched batch size and would never meet."""
+    between trials under a time budget or a searched batch size and would never meet. The last point is
+    never pruned: the budget is spent, and pruning there would only throw a finished trial's value away."""
     trial.report(value, step=point)
-    if trial.should_prune():
+    if not last and trial.should_prune():
         raise optuna.TrialPruned(f"pruned at eval point {point + 1} ({images_seen} images), value {value:.4g}")
 
 
@@ -310,7 +311,8 @@ def _run_trial(study, trial, space, metric, opts, experiment, parent_id, progres
         trial.set_user_attr("pflops", meter.pflops)
         if metric in evaluation:
             final[metric] = evaluation[metric]
-            report(trial, evaluation[metric], point, int(evaluation["images_seen"]))
+            last = point >= max(1, spec.eval["points"]) - 1
+            report(trial, evaluation[metric], point, int(evaluation["images_seen"]), last)
 
     run_ids: list[str] = []
     try:

@@ -76,6 +76,23 @@ def test_six_trials_two_workers_on_postgresql(postgres):
     assert first.number == 0 and first.params["one_minus_beta2"] == pytest.approx(0.01)
 
 
+def test_a_trial_that_spent_its_budget_is_complete_however_far_behind(tmp_path):
+    """Two earlier trials far ahead at every step; the median pruner would prune any new trial, but with
+    one eval point that point is the trial's last: it is told to the study as COMPLETE with its value."""
+    storage = str(tmp_path / "journal.log")
+    study = optuna.create_study(study_name="behind", storage=study_mod.open_storage(storage), direction="minimize")
+    space, _ = study_mod.load_space(ROOT / "experiments" / "studies" / "dcgan.toml", DEFAULTS, 4)
+    for _ in range(2):
+        trial = study.ask()
+        study_mod.suggest(trial, space)
+        trial.report(-1e9, step=0)
+        study.tell(trial, -1e9)
+    bench(*_study_cmd(storage, "behind", 3, "--pruner", "median"))
+    study = optuna.load_study(study_name="behind", storage=study_mod.open_storage(storage))
+    last = study.trials[2]
+    assert last.state == TrialState.COMPLETE and last.value == last.intermediate_values[0] > -1e9, last
+
+
 def test_worker_killed_mid_trial_then_rerun_completes(tmp_path):
     storage = str(tmp_path / "journal.log")
     cmd = _study_cmd(storage, "killed", 3, "--pruner", "none", "--trial-budget", "320img")
@@ -152,3 +169,9 @@ def test_median_pruner_prunes_trials_whose_images_seen_differ(tmp_path):
     with pytest.raises(optuna.TrialPruned, match="eval point 2"):
         study_mod.report(trial, 400.0, 1, 2688)  # far worse at point 1, at other images seen than both
     assert [s for s, _ in sorted(study.trials[2].intermediate_values.items())] == [0, 1]
+    # far worse at the last point too, but the budget is spent: its value is kept, not thrown away
+    trial = study.ask()
+    study_mod.report(trial, 280.0, 0, 1344)
+    study_mod.report(trial, 230.0, 1, 2688)
+    study_mod.report(trial, 400.0, 2, 5376, last=True)
+    assert trial.should_prune()  # what the pruner would have done
