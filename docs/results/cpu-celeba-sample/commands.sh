@@ -12,21 +12,21 @@ export BENCH_CACHE=$WORK/cache
 STORE=sqlite:///$WORK/mlflow.db
 bench=$REPO/.venv/bin/bench
 
-# Part A (~1 h wall): a 10-trial study of the seed's DCGAN at 3 epochs a trial, KID x 1000 at N = 500 as the
+# Part A (~30 min wall): a 10-trial study of the seed's DCGAN at 3 epochs a trial, KID x 1000 at N = 500 as the
 # objective (the shipped space, experiments/studies/dcgan.toml), the PyTorch tutorial's settings tried first.
-$bench study --model dcgan --data "$DATA" --trial-budget 3ep --trials 10 --study-name dcgan-3ep \
+$bench study --model dcgan --data "$DATA" --trial-budget 3ep --trials 10 --study-name dcgan-3ep-logits \
   --enqueue lr_g=2e-4 --enqueue lr_d=2e-4 --enqueue beta1=0.5 --enqueue beta2=0.999 \
   --set eval.samples=500 --set eval.real_samples=500 --set eval.points=2 --set eval.grid=64 \
-  --storage "$WORK/journal.log" --experiment-name study-dcgan-3ep --tracking-uri "$STORE" --quiet
+  --storage "$WORK/journal.log" --experiment-name study-dcgan-3ep-logits --tracking-uri "$STORE" --quiet
 
 # Its best settings went into dcgan-tuned.toml (beside this file) by hand.
 
-# Part B (~80 min wall): every family at 6 device-minutes, one run after the other (a time budget measures the
+# Part B (~75 min wall): every family at 6 device-minutes, one run after the other (a time budget measures the
 # run alone on the machine), four log-spaced eval points each, the same N and reference for all. The same
 # command again keeps the runs that finished (same name and spec hash) and trains the rest: stop it between
-# runs and re-run it to split this part (the GANs, ~50 min; then ddpm and ldm, ~35 min).
+# runs and re-run it to split this part (the GANs, ~45 min; then ddpm and ldm, ~31 min).
 $bench compare \
-  --models "$REPO/experiments/seed-dcgan.toml,$REPO/docs/results/cpu-celeba-sample/dcgan-tuned.toml,wgan-gp,ddpm,ldm" \
+  --models "$REPO/experiments/seed-dcgan.toml,$REPO/docs/results/cpu-celeba-sample/dcgan-tuned.toml,$REPO/docs/results/cpu-celeba-sample/wgan-gp-ncritic1.toml,ddpm,ldm" \
   --budget 6m --seeds 1,seed-dcgan=2,dcgan-tuned=2 --data "$DATA" \
   --set eval.samples=500 --set eval.real_samples=500 --set eval.points=4 --set eval.grid=64 \
   --set ddpm:ch=32 --set "ddpm:ch_mult=[1,2,2,2]" --set ddpm:num_res_blocks=1 --set "ddpm:attn_resolutions=[8]" \
