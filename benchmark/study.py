@@ -386,10 +386,11 @@ def finalize(opts: StudyOptions, parent_id: str) -> dict[str, Any]:
 
 def _spec_values(params: dict[str, Any], space: dict[str, dict]) -> dict[str, Any]:
     """Optuna's parameter names back to spec fields (one_minus_beta2 -> beta2)."""
-    out = {}
+    out = {}  # a trial from an earlier space of the same study may lack some: it gives what it has
     for name, d in space.items():
         if d["kind"] == "one_minus_log":
-            out[name] = 1 - params[f"one_minus_{name}"]
+            if f"one_minus_{name}" in params:
+                out[name] = 1 - params[f"one_minus_{name}"]
         elif name in params:
             out[name] = params[name]
     return out

@@ -135,6 +135,12 @@ def test_bad_search_spaces_are_user_errors(tmp_path, text, message):
         study_mod.load_space(path, DEFAULTS, 64)
 
 
+def test_a_best_trial_from_an_earlier_space_gives_the_settings_it_has():
+    space, _ = study_mod.load_space(ROOT / "experiments" / "studies" / "dcgan.toml", DEFAULTS, 500)
+    assert study_mod._spec_values({"lr_g": 2e-4}, space) == {"lr_g": 2e-4}  # no beta2 searched back then
+    assert study_mod._spec_values({"one_minus_beta2": 1e-3}, space) == {"beta2": pytest.approx(0.999)}
+
+
 def test_enqueued_settings_must_lie_in_the_space():
     space, _ = study_mod.load_space(ROOT / "experiments" / "studies" / "dcgan.toml", DEFAULTS, 500)
     assert study_mod.enqueued_params(("lr_d=2e-4", "beta2=0.999"), space) == {"lr_d": 2e-4, "one_minus_beta2": 1e-3}
