@@ -21,13 +21,13 @@ $bench study --model dcgan --data "$DATA" --trial-budget 3ep --trials 10 --study
 
 # Its best settings went into dcgan-tuned.toml (beside this file) by hand.
 
-# Part B (~75 min wall): every family at 6 device-minutes, one run after the other (a time budget measures the
+# Part B (~85 min wall): every family at 6 device-minutes, one run after the other (a time budget measures the
 # run alone on the machine), four log-spaced eval points each, the same N and reference for all. The same
 # command again keeps the runs that finished (same name and spec hash) and trains the rest: stop it between
-# runs and re-run it to split this part (the GANs, ~45 min; then ddpm and ldm, ~31 min).
+# runs and re-run it to split this part (the GANs, ~52 min; then ddpm and ldm, ~31 min).
 $bench compare \
-  --models "$REPO/experiments/seed-dcgan.toml,$REPO/docs/results/cpu-celeba-sample/dcgan-tuned.toml,$REPO/docs/results/cpu-celeba-sample/wgan-gp-ncritic1.toml,ddpm,ldm" \
-  --budget 6m --seeds 1,seed-dcgan=2,dcgan-tuned=2 --data "$DATA" \
+  --models "$REPO/experiments/seed-dcgan.toml,$REPO/docs/results/cpu-celeba-sample/dcgan-tuned.toml,$REPO/docs/results/cpu-celeba-sample/wgan-gp-ncritic2.toml,ddpm,ldm" \
+  --budget 6m --seeds 1,seed-dcgan=2,dcgan-tuned=2,wgan-gp-ncritic2=2 --data "$DATA" \
   --set eval.samples=500 --set eval.real_samples=500 --set eval.points=4 --set eval.grid=64 \
   --set ddpm:ch=32 --set "ddpm:ch_mult=[1,2,2,2]" --set ddpm:num_res_blocks=1 --set "ddpm:attn_resolutions=[8]" \
   --set ddpm:dropout=0.0 --set ddpm:lr=1e-3 --set ddpm:batch_size=32 --set ddpm:sampler_steps=20 \
