@@ -37,3 +37,11 @@ $bench compare \
 # Part C (a minute): the report again from the store (what `bench compare` wrote at its end), e.g. after resuming
 # a run that was killed; the folder's tables/ and figures/ are what docs/results/cpu-celeba-sample/ holds.
 $bench report --experiment celeba-sample-6m --out "$WORK/report" --tracking-uri "$STORE" --quiet
+
+# The re-run checks (README.md, "The re-run check"): the compare's own `bench run` lines for seed 0 of the seed
+# DCGAN and of WGAN-GP (`bench compare ... --print-commands` prints them), into another experiment, ~9 min each.
+for spec in "$REPO/experiments/seed-dcgan.toml" "$REPO/docs/results/cpu-celeba-sample/wgan-gp-ncritic2.toml"; do
+  $bench run --spec "$spec" --tag model_alias="$(basename "$spec" .toml)" --budget 6m --seed 0 --data "$DATA" \
+    --set eval.samples=500 --set eval.real_samples=500 --set eval.points=4 --set eval.grid=64 \
+    --experiment-name rerun-check --tag compare=rerun-check --tracking-uri "$STORE" --quiet
+done
