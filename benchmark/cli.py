@@ -104,7 +104,9 @@ def run(model, spec_file, old_spec_file, data, budget, overrides, seed, resume_i
 
         _setup_logging(quiet)
         _tracking(tracking_uri)  # an unusable store is one line here, not one per rank
-        distributed.launch(nproc, _without_nproc(sys.argv[1:]))
+        from benchmark.tracking import end_if_running
+
+        distributed.launch(nproc, _without_nproc(sys.argv[1:]), on_failure=end_if_running)
         return
     quiet = quiet or int(os.environ.get("RANK", "0")) > 0  # one bar: rank 0's
     from benchmark.models import family, key_help, resolve

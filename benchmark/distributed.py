@@ -183,9 +183,10 @@ def local_batchnorm(module: nn.Module) -> nn.Module:
     return _swap_batchnorm(module, GlobalBatchNorm2d, nn.BatchNorm2d)
 
 
-def launch(nproc: int, argv: list[str]) -> None:
+def launch(nproc: int, argv: list[str], on_failure=None) -> None:
     """`bench ARGV` on nproc local ranks through torch's elastic agent (what torchrun --standalone does), in
-    this process so that a failed rank is one line here, naming the run and how to resume it."""
+    this process so that a failed rank is one line here, naming the run and how to resume it. on_failure(run_id,
+    reason) ends the run if no rank could (rank 0 killed, or stopped by the agent before it ended the run)."""
     import logging
     import tempfile
     import uuid
@@ -205,6 +206,8 @@ def launch(nproc: int, argv: list[str]) -> None:
             run_id = Path(run_file.name).read_text().strip()
             resume = (f"its last checkpoint is kept: bench run --resume {run_id} continues it on any number of "
                       "ranks (--nproc)") if run_id else "no run was started"
+            if run_id and on_failure is not None:
+                on_failure(run_id, f"the {nproc}-rank job stopped ({_first_failure(err)})")
             raise UserError(f"the {nproc}-rank job stopped ({_first_failure(err)}); {resume}") from None
         finally:
             os.environ.pop("BENCH_RUN_ID_FILE", None)

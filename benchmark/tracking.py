@@ -35,6 +35,18 @@ REMOTE_CHECKPOINTS = "checkpoints/remote"
 REMOTE_POINTER = f"{REMOTE_CHECKPOINTS}/latest.json"
 
 
+def end_if_running(run_id: str, reason: str) -> None:
+    """Mark FAILED, with its reason, a run whose process died before it could end it; a run that ended stays as
+    it is. Best effort: an unreachable store leaves it RUNNING, and the caller's error line still names it."""
+    client = MlflowClient()
+    try:
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_tag(run_id, "failure_reason", reason)
+            client.set_terminated(run_id, status="FAILED")
+    except MlflowException as err:
+        log.warning("run %s could not be marked FAILED: %s", run_id, str(err).splitlines()[0][:200])
+
+
 def use_tracking_uri(uri: str | None, check: bool = True) -> str:
     """Point MLflow at uri; with none, MLflow's own default (mlflow.db + ./mlruns in the working dir). With
     check, an unusable store is one line now, before anything is prepared or trained."""

@@ -71,7 +71,8 @@ def test_dcgan_on_two_ranks_normalises_over_the_global_batch():
         assert _relative_difference(one["model"][net], state["model"][net]) < 1e-5, net
 
 
-def test_a_rank_killed_mid_run_stops_the_job_and_resumes_on_one_process(capsys):
+@pytest.mark.parametrize("victim", [1, 0])  # rank 0 ends the run itself; killed, the launcher ends it
+def test_a_rank_killed_mid_run_stops_the_job_and_resumes_on_one_process(capsys, victim):
     proc = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "run", *DDPM, "--budget", "640img",
                              "--set", "checkpoint_minutes=0", "--experiment-name", "killed", "--nproc", "2"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
@@ -87,13 +88,14 @@ def test_a_rank_killed_mid_run_stops_the_job_and_resumes_on_one_process(capsys):
             if state["meter"]["images_seen"] < 64:
                 state = None
     assert state is not None, proc.stderr.read()[-3000:]
-    ranks = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.environ().get("RANK") == "1"]
+    ranks = [p for p in psutil.Process(proc.pid).children(recursive=True)
+             if p.environ().get("RANK") == str(victim)]
     assert len(ranks) == 1
     ranks[0].send_signal(signal.SIGKILL)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
     lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "rank 1 first: killed by SIGKILL" in lines[0], err[-3000:]
+    assert len(lines) == 1 and f"rank {victim} first: killed by SIGKILL" in lines[0], err[-3000:]
     assert f"bench run --resume {runs[0].info.run_id}" in lines[0] and "Traceback" not in err
     (run,) = client.search_runs([client.get_experiment_by_name("killed").experiment_id])
     assert run.info.status in ("FAILED", "KILLED")
