@@ -29,21 +29,19 @@ def save(path: Path, state: dict[str, Any]) -> None:
     torch.save(state, tmp)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
-    if not path.exists():
-        os.replace(tmp, path)
-        return
     # The last becomes the previous with last.pt never missing and never one file with last.prev.pt: were
     # both names one inode (a kill between two renames), damage to last.pt would take the fallback with it.
-    staged = previous(path).with_name(previous(path).name + ".partial")
-    staged.unlink(missing_ok=True)
-    try:
-        os.link(path, staged)
-    except OSError:  # a file system without hard links: rename (a kill right here falls back to .prev)
-        os.replace(path, previous(path))
-        os.replace(tmp, path)
-        return
+    staged = previous(path).with_name(previous(path).name + ".partial") if path.exists() else None
+    if staged is not None:
+        staged.unlink(missing_ok=True)
+        try:
+            os.link(path, staged)
+        except OSError:  # a file system without hard links: rename (a kill right here falls back to .prev)
+            os.replace(path, previous(path))
+            staged = None
     os.replace(tmp, path)
-    os.replace(staged, previous(path))
+    if staged is not None:
+        os.replace(staged, previous(path))
 
 
 def load(path: Path, what: str = "checkpoint") -> Any:

@@ -121,10 +121,11 @@ def compare(models: list[str], budget: str, data: str | None, seeds: int | str, 
     experiment_name = experiment_name or default_name()
     out = Path(out) if out else Path("reports") / experiment_name
     done = finished(experiment_name)
-    kept = [run_name(typed, spec) for typed, _, spec in runs if done.get(run_name(typed, spec)) == spec.hash()]
+    named = [(run_name(typed, spec), (typed, extra, spec)) for typed, extra, spec in runs]
+    kept = [name for name, (_, _, spec) in named if done.get(name) == spec.hash()]
     if kept:  # the same command again completes a compare in parts: what finished is not trained twice
         log.info("kept %d finished run(s) of %s: %s", len(kept), experiment_name, ", ".join(kept))
-        runs = [r for r in runs if run_name(r[0], r[2]) not in kept]
+        runs = [run for name, run in named if name not in kept]
     if workers > 1:
         failed = _in_workers(runs, experiment_name, device, workers, out / "logs")
     else:
@@ -164,7 +165,6 @@ def _in_workers(runs: list, experiment_name: str, device: str, workers: int, log
     """Each (model, seed) as its own `bench run` process, `workers` at a time: ordinary tracked runs, each with
     its log in `logs`. A run that fails does not stop the others."""
     import mlflow
-
 
     logs.mkdir(parents=True, exist_ok=True)
     env = {**worker_env(workers), "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}

@@ -206,9 +206,10 @@ def launch(nproc: int, argv: list[str], on_failure=None) -> None:
             run_id = Path(run_file.name).read_text().strip()
             resume = (f"its last checkpoint is kept: bench run --resume {run_id} continues it on any number of "
                       "ranks (--nproc)") if run_id else "no run was started"
+            stopped = f"the {nproc}-rank job stopped ({_first_failure(err)})"
             if run_id and on_failure is not None:
-                on_failure(run_id, f"the {nproc}-rank job stopped ({_first_failure(err)})")
-            raise UserError(f"the {nproc}-rank job stopped ({_first_failure(err)}); {resume}") from None
+                on_failure(run_id, stopped)
+            raise UserError(f"{stopped}; {resume}") from None
         finally:
             os.environ.pop("BENCH_RUN_ID_FILE", None)
 

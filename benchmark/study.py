@@ -35,7 +35,8 @@ from benchmark.filelock import file_lock
 from benchmark.metrics import leading_metric
 from benchmark.models import family
 from benchmark.spec import build_spec, load_toml, parse_value
-from benchmark.tracking import Tracker
+from benchmark.tracking import Tracker, end_if_running
+from benchmark.train import eval_fractions
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +312,7 @@ def _run_trial(study, trial, space, metric, opts, experiment, parent_id, progres
         trial.set_user_attr("pflops", meter.pflops)
         if metric in evaluation:
             final[metric] = evaluation[metric]
-            last = point >= max(1, spec.eval["points"]) - 1
+            last = point == len(eval_fractions(spec.eval["points"])) - 1
             report(trial, evaluation[metric], point, int(evaluation["images_seen"]), last)
 
     run_ids: list[str] = []
@@ -363,10 +364,9 @@ def finalize(opts: StudyOptions, parent_id: str) -> dict[str, Any]:
                      **{f"trials_{k.lower()}": v for k, v in states.items() if v}}, 0)
     for t in trials:  # a trial whose worker died left its MLflow run RUNNING: it ends with the trial's reason
         run_id = t.user_attrs.get("mlflow_run_id")
-        if run_id and t.state == TrialState.FAIL and client.get_run(run_id).info.status == "RUNNING":
-            client.set_tag(run_id, "failure_reason", t.user_attrs.get("fail_reason", "its worker died mid-trial"))
+        if run_id and t.state == TrialState.FAIL and end_if_running(
+                run_id, t.user_attrs.get("fail_reason", "its worker died mid-trial")):
             client.set_tag(run_id, "optuna.state", "FAIL")
-            client.set_terminated(run_id, "FAILED")
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if complete:
         best = study.best_trial

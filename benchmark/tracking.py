@@ -35,16 +35,20 @@ REMOTE_CHECKPOINTS = "checkpoints/remote"
 REMOTE_POINTER = f"{REMOTE_CHECKPOINTS}/latest.json"
 
 
-def end_if_running(run_id: str, reason: str) -> None:
-    """Mark FAILED, with its reason, a run whose process died before it could end it; a run that ended stays as
-    it is. Best effort: an unreachable store leaves it RUNNING, and the caller's error line still names it."""
+def end_if_running(run_id: str, reason: str) -> bool:
+    """Mark FAILED, with its reason, a run whose process died before it could end it (True if it did); a run
+    that ended stays as it is. Best effort: an unreachable store leaves it RUNNING, and the caller's error line
+    still names it."""
     client = MlflowClient()
     try:
-        if client.get_run(run_id).info.status == "RUNNING":
-            client.set_tag(run_id, "failure_reason", reason)
-            client.set_terminated(run_id, status="FAILED")
+        if client.get_run(run_id).info.status != "RUNNING":
+            return False
+        client.set_tag(run_id, "failure_reason", reason)
+        client.set_terminated(run_id, status="FAILED")
+        return True
     except MlflowException as err:
         log.warning("run %s could not be marked FAILED: %s", run_id, str(err).splitlines()[0][:200])
+        return False
 
 
 def use_tracking_uri(uri: str | None, check: bool = True) -> str:
