@@ -103,6 +103,7 @@ class Meter:
     device_seconds: float = 0.0  # training only: evaluation and checkpoints are counted apart
     wall_seconds: float = 0.0  # training steps' wall time; device_seconds is it times the devices
     eval_seconds: float = 0.0
+    checkpoint_seconds: float = 0.0  # saving and uploading checkpoints: not training, not evaluation
     flops: float = 0.0
     dataset_size: int = 1
     devices: int = 1

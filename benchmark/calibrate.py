@@ -23,8 +23,8 @@ import torch.nn.functional as F
 
 from benchmark.cores import usable
 from benchmark.data import prepare
+from benchmark.device import resolve_precision
 from benchmark.errors import UserError
-from benchmark.models.common import resolve_precision
 from benchmark.models.dcgan import DCGAN, DEFAULTS, Discriminator, Generator, dcgan_init
 from benchmark.spec import build_spec
 from benchmark.tracking import cpu_model

@@ -122,6 +122,7 @@ def run(model, spec_file, old_spec_file, data, budget, overrides, seed, resume_i
     if resume_id is not None and not show_spec:  # an empty id is a mistake, not a request for a new run
         _tracking(tracking_uri)
         runner.resume(resume_id, device, progress=not quiet, restart=restart)
+        _leave()
         return
     if restart:
         raise UserError("--restart goes with --resume RUN_ID")
@@ -140,6 +141,14 @@ def run(model, spec_file, old_spec_file, data, budget, overrides, seed, resume_i
         extra["spec_file"] = Path(spec_file).name
         experiment_name = experiment_name or Path(spec_file).stem
     runner.start(spec, device, experiment_name, run_name, progress=not quiet, extra_tags=extra or None)
+    _leave()
+
+
+def _leave() -> None:
+    """A rank of a multi-process job leaves its process groups before it exits."""
+    distributed = sys.modules.get("benchmark.distributed")
+    if distributed is not None:
+        distributed.leave()
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
@@ -421,6 +430,28 @@ def compare(models, budget, data, seeds, overrides, experiment_name, out, worker
     click.echo(f"report: {index}")
 
 
+# ---------------------------------------------------------------- doctor
+
+
+@cli.command()
+@click.option("--nproc", type=click.IntRange(1), help="Ranks per job. Default: the visible GPUs; on a CPU, 2.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Also write the lines as Markdown, e.g. "
+              "docs/results/gpu-doctor.md.")
+def doctor(nproc, out) -> None:
+    """Check this machine: each family briefly on every visible device (--nproc = the GPUs), a sharded
+    evaluation against one process, and a kill-and-resume on another number of ranks.
+
+    \b
+    Prints img/s per family and its fraction of one device's matmul peak in the precision the family
+    picked, then one PASS/FAIL line per check; exits non-zero if any failed. About 8 minutes on a GPU
+    machine; on a CPU it runs tiny models on two gloo ranks (a check of the logic, not of speed)."""
+    from benchmark.doctor import doctor as check
+
+    _setup_logging(True)
+    if not check(nproc, Path(out) if out else None, echo=lambda line: click.echo(line)):
+        sys.exit(1)
+
+
 # ---------------------------------------------------------------- calibrate, ui
 
 
@@ -500,19 +531,33 @@ def server_cmd(host, port, backend_store_uri, artifacts_destination, workers, ti
     server.tracking_server(backend_store_uri, artifacts_destination, host, port, workers, timeout)
 
 
+def _error(line: str, code: int) -> None:
+    """Print `error: line` and exit; a rank under `bench run --nproc` leaves it for the launcher instead, which
+    prints one line for the whole job."""
+    if os.environ.get("BENCH_LAUNCH_DIR"):
+        from benchmark.distributed import report_error
+
+        if report_error(line):
+            sys.exit(code)
+    click.echo(f"error: {line}", err=True)
+    sys.exit(code)
+
+
 def main() -> None:
     """Entry point: user mistakes are one line on stderr and exit code 2, never a traceback."""
+    if "RANK" in os.environ and os.environ.get("BENCH_LAUNCHER_PID"):
+        from benchmark.distributed import watch_launcher
+
+        watch_launcher()  # a rank stops with its launcher, killed or not
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.ClickException as err:
-        click.echo(f"error: {err.format_message()}", err=True)
-        sys.exit(err.exit_code)
+        _error(err.format_message(), err.exit_code)
     except UserError as err:
-        click.echo(f"error: {err}", err=True)
-        sys.exit(2)
+        _error(str(err), 2)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
@@ -520,16 +565,26 @@ def main() -> None:
         distributed = sys.modules.get("benchmark.distributed")
         if distributed is not None and distributed.lost_peer(err):
             line = (str(err).strip().splitlines() or [""])[0]
-            click.echo(f"rank {distributed.world().rank} stopped: another rank is gone ({line[:200]})", err=True)
+            # a consequence: the launcher names the rank that failed first
+            if not os.environ.get("BENCH_LAUNCH_DIR"):
+                click.echo(f"rank {distributed.world().rank} stopped: another rank is gone ({line[:200]})", err=True)
             sys.exit(1)
         train = sys.modules.get("benchmark.train")  # loaded wherever a run can have been interrupted
         if train is not None and isinstance(err, train.Interrupted):
+            if int(os.environ.get("RANK", "0")) > 0:
+                sys.exit(130)  # rank 0 says it
             if err.run_id is None:
                 click.echo(f"interrupted ({err})", err=True)
             else:
                 click.echo(f"interrupted ({err}); the run ended as KILLED, resume with bench run --resume "
                            f"{err.run_id}", err=True)
             sys.exit(130)
+        if os.environ.get("BENCH_LAUNCH_DIR") and "RANK" in os.environ:
+            import traceback
+
+            # an unexpected error on a rank: the launcher's line says it, the traceback stays for the curious
+            traceback.print_exc()
+            _error(f"rank {os.environ['RANK']}: {type(err).__name__}: {err}", 1)
         raise
 
 

@@ -1,15 +1,26 @@
 """Data-parallel training over K ranks with torch.distributed (launched by torchrun / the elastic agent):
-who this process is, its slice of each global batch, gradients averaged over ranks, and BatchNorm
-statistics over the global batch. With one process every function here is the identity."""
+who this process is, its slice of each global batch, gradients averaged over ranks, BatchNorm statistics
+and dropout masks of the global batch, and the points where the ranks agree (step time, stop, failure).
+With one process every function here is the identity.
+
+Two process groups: the device's (NCCL on CUDA) carries gradients and BatchNorm sums, as tensors on the
+rank's own GPU; a gloo *control* group carries everything CPU-side (step consensus, broadcasts of ids and
+state, barriers, gathered evaluation features). On CPU both are gloo: the CPU tests run the very calls a
+GPU job makes."""
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -17,6 +28,14 @@ from torch import nn
 
 from benchmark.cores import worker_env
 from benchmark.errors import UserError
+
+# How long a rank waits in a collective for the others. NCCL's default (10 minutes) is shorter than a long
+# first evaluation on rank 0 (real statistics of 50,000 images): every wait here is bounded by this instead.
+TIMEOUT_MINUTES = float(os.environ.get("BENCH_DIST_TIMEOUT_MINUTES", "30"))
+
+
+class PeerFailed(UserError):
+    """Another rank raised; this one stops at the same point (the run's reason names that rank)."""
 
 
 @dataclass(frozen=True)
@@ -26,11 +45,12 @@ class World:
 
     @property
     def main(self) -> bool:
-        """Rank 0: the one process that logs to MLflow, writes checkpoints and evaluates."""
+        """Rank 0: the one process that logs to MLflow, writes checkpoints and scores evaluations."""
         return self.rank == 0
 
 
 _world = World()
+_control = None  # the gloo group of CPU-side collectives
 
 
 def world() -> World:
@@ -38,13 +58,29 @@ def world() -> World:
 
 
 def init(device: torch.device) -> World:
-    """Join the process group torchrun described in the environment (gloo on CPU, nccl on CUDA)."""
-    global _world
+    """Join the job torchrun described in the environment: the device's group (gloo on CPU, nccl on CUDA, bound
+    to this rank's GPU before it is created) and the gloo control group."""
+    global _world, _control
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        timeout = timedelta(minutes=TIMEOUT_MINUTES)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # object collectives and NCCL's own state use the current device
+            dist.init_process_group("nccl", timeout=timeout, device_id=device)
+        else:
+            dist.init_process_group("gloo", timeout=timeout)
+        _control = dist.new_group(backend="gloo", timeout=timeout)
         _world = World(dist.get_rank(), dist.get_world_size())
     return _world
+
+
+def leave() -> None:
+    """Destroy the process groups once a rank is done: left to the interpreter's exit, gloo's threads can abort
+    the process ("terminate called without an active exception") after it finished its work."""
+    global _control
+    if dist.is_initialized():
+        dist.destroy_process_group()
+        _control = None
 
 
 def local_device(name: str) -> str:
@@ -66,10 +102,10 @@ def shard(x: torch.Tensor) -> torch.Tensor:
 
 
 def average_gradients(parameters) -> None:
-    """What DistributedDataParallel does before the optimizer step, in one flat all-reduce: each rank's
-    gradient of its mean loss, averaged over equal slices, is the gradient of the global batch's mean loss.
-    (DDP's module wrapper is not used: a GAN calls D several times per backward and freezes it for G's step,
-    which DDP's reducer does not allow.)"""
+    """What DistributedDataParallel does before the optimizer step, in one flat all-reduce on the device's
+    group: each rank's gradient of its mean loss, averaged over equal slices, is the gradient of the global
+    batch's mean loss. (DDP's module wrapper is not used: a GAN calls D several times per backward and
+    freezes it for G's step, which DDP's reducer does not allow.)"""
     if _world.size == 1:
         return
     grads = [p.grad for p in parameters if p.grad is not None]
@@ -84,33 +120,125 @@ def average_gradients(parameters) -> None:
         offset += g.numel()
 
 
-def step_consensus(seconds: float, stopping: bool, losses: dict[str, float]
-                   ) -> tuple[float, bool, dict[str, float]]:
-    """What every rank takes from a step, in one all-gather: the slowest rank's step time (so every rank
-    charges the same cost and reaches the same eval points), whether any rank was told to stop (all stop at
-    this step), and the global batch's mean losses (equal slices: the mean of the ranks' means)."""
+def _message(err: BaseException) -> str:
+    return str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
+
+
+def _raise_first(errors: list[str | None], mine: BaseException | None) -> None:
+    """Every rank raises where any did: its own exception, or PeerFailed naming the first rank that raised."""
+    if mine is not None:
+        raise mine
+    for rank, text in enumerate(errors):
+        if text is not None:
+            raise PeerFailed(f"rank {rank}: {text}")
+
+
+def settle(payload: Any = None, error: BaseException | None = None) -> list[Any]:
+    """A barrier that also carries each rank's payload and whether it raised since the last one: every rank
+    gets every payload, or every rank raises (the one that failed its own exception, the others PeerFailed).
+    Rank-local work between collectives hands its exception here instead of skipping a collective, which would
+    leave the other ranks waiting in it."""
     if _world.size == 1:
-        return seconds, stopping, losses
-    mine = torch.tensor([seconds, float(stopping), *losses.values()], dtype=torch.float64)
-    every = [torch.empty_like(mine) for _ in range(_world.size)]
-    dist.all_gather(every, mine)
-    table = torch.stack(every)
-    means = table[:, 2:].mean(dim=0).tolist()
-    return table[:, 0].max().item(), bool(table[:, 1].max() > 0), dict(zip(losses, means, strict=True))
+        if error is not None:
+            raise error
+        return [payload]
+    every: list = [None] * _world.size
+    dist.all_gather_object(every, (None if error is None else _message(error), payload), group=_control,
+                           weights_only=True)
+    _raise_first([e for e, _ in every], error)
+    return [p for _, p in every]
+
+
+def gather_to_main(payload: Any, error: BaseException | None = None) -> list[Any] | None:
+    """Every rank's payload on rank 0 (None elsewhere), in rank order: what settle() does, without sending rank
+    0's large payloads (evaluation features) to every rank. Rank 0 raises if any rank failed; the others raise
+    their own error, or learn of rank 0's at the next settle()."""
+    if _world.size == 1:
+        if error is not None:
+            raise error
+        return [payload]
+    every: list | None = [None] * _world.size if _world.main else None
+    dist.gather_object((None if error is None else _message(error), payload), every, dst=0, group=_control,
+                       weights_only=True)
+    if not _world.main:
+        if error is not None:
+            raise error
+        return None
+    _raise_first([e for e, _ in every], error)
+    return [p for _, p in every]
+
+
+def attempt(work, *args) -> BaseException | None:
+    """Run rank-local work (no collective inside). With one process its exception propagates; with several
+    it is returned, to hand to the next settle() or gather_to_main(), where every rank stops with it."""
+    if _world.size == 1:
+        work(*args)
+        return None
+    try:
+        work(*args)
+    except Exception as err:  # noqa: BLE001 - whatever it is, every rank must learn of it at the next collective
+        return err
+    return None
+
+
+@dataclass
+class Step:
+    """What every rank takes from a step: the slowest rank's step time (so every rank charges the same cost
+    and reaches the same eval points), whether any rank was told to stop (all stop at this step), and the
+    global batch's mean losses (equal slices: the mean of the ranks' means)."""
+
+    seconds: float
+    stopping: bool
+    losses: dict[str, float]
+
+
+def step_consensus(seconds: float, stopping: bool, losses: dict[str, float],
+                   error: BaseException | None = None) -> Step:
+    """One settle() per step; a rank that raised in its step (say, its slice diverged) stops every rank."""
+    if _world.size == 1:
+        if error is not None:
+            raise error
+        return Step(seconds, stopping, losses)
+    every = settle((seconds, stopping, losses), error)
+    means = {k: sum(p[2][k] for p in every) / len(every) for k in losses}
+    return Step(max(p[0] for p in every), any(p[1] for p in every), means)
 
 
 def broadcast(obj):
-    """Rank 0's object on every rank (the MLflow run id, for one)."""
+    """Rank 0's object on every rank (the MLflow run id, the spec, a checkpoint's state), over the control
+    group; unpickled with weights_only=True."""
     if _world.size == 1:
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, group=_control, weights_only=True)
     return box[0]
 
 
 def barrier() -> None:
     if _world.size > 1:
-        dist.barrier()
+        dist.barrier(group=_control)
+
+
+def all_rows(mine: torch.Tensor, total: int) -> torch.Tensor:
+    """The rows every rank computed for its part of range(total) (parts from part()), joined in order on every
+    rank: the ldm's latents, encoded once over the ranks. CPU tensors on the control group."""
+    if _world.size == 1:
+        return mine
+    sizes = [len(range(*part(total, r, _world.size))) for r in range(_world.size)]
+    padded = torch.zeros((max(sizes), *mine.shape[1:]), dtype=mine.dtype)
+    padded[: len(mine)] = mine
+    every = [torch.empty_like(padded) for _ in range(_world.size)]
+    dist.all_gather(every, padded, group=_control)
+    return torch.cat([t[:n] for t, n in zip(every, sizes, strict=True)])
+
+
+def part(total: int, rank: int | None = None, size: int | None = None) -> tuple[int, int]:
+    """[start, stop) of rank's contiguous part of range(total), sizes differing by at most one."""
+    rank = _world.rank if rank is None else rank
+    size = _world.size if size is None else size
+    per, extra = divmod(total, size)
+    start = rank * per + min(rank, extra)
+    return start, start + per + (rank < extra)
 
 
 _alone = False
@@ -183,10 +311,40 @@ def local_batchnorm(module: nn.Module) -> nn.Module:
     return _swap_batchnorm(module, GlobalBatchNorm2d, nn.BatchNorm2d)
 
 
+_dropout_noise: ContextVar[torch.Generator | None] = ContextVar("dropout_noise", default=None)
+
+
+@contextmanager
+def dropout_noise(generator: torch.Generator) -> Iterator[None]:
+    """GlobalDropout inside draws its masks from `generator` (a family's own, saved in its checkpoints and the
+    same on every rank), as the diffusion noise is drawn: for the global batch, then this rank's slice."""
+    token = _dropout_noise.set(generator)
+    try:
+        yield
+    finally:
+        _dropout_noise.reset(token)
+
+
+class GlobalDropout(nn.Dropout):
+    """Dropout whose mask is this rank's slice of the mask one process draws for the global batch, so that
+    K ranks train what one process trains with dropout on (torch's Dropout draws from each process's global
+    RNG: the same mask on every slice). Outside dropout_noise() (FLOP counting) it is torch's Dropout."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        generator = _dropout_noise.get()
+        if not self.training or self.p == 0 or generator is None:
+            return super().forward(x)
+        keep = 1.0 - self.p
+        every = torch.rand((x.shape[0] * _world.size, *x.shape[1:]), generator=generator, device=generator.device)
+        mask = shard(every < keep).to(x.device).clone()  # a copy: the slice alone stays alive for backward
+        return x * mask.to(x.dtype) / keep
+
+
 def launch(nproc: int, argv: list[str], on_failure=None) -> None:
     """`bench ARGV` on nproc local ranks through torch's elastic agent (what torchrun --standalone does), in
-    this process so that a failed rank is one line here, naming the run and how to resume it. on_failure(run_id,
-    reason) ends the run if no rank could (rank 0 killed, or stopped by the agent before it ended the run)."""
+    this process so that a failed job is one line here: the first rank's own error (ranks write theirs to a
+    folder instead of the terminal), how the job stopped, and how to resume it. on_failure(run_id, reason) ends
+    the run if no rank could (rank 0 killed, or stopped by the agent before it ended the run)."""
     import logging
     import tempfile
     import uuid
@@ -197,21 +355,51 @@ def launch(nproc: int, argv: list[str], on_failure=None) -> None:
     logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)  # the agent's chatter: our line says it
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.5)
-    with tempfile.NamedTemporaryFile("r", suffix=".run-id") as run_file:
+    with tempfile.TemporaryDirectory(prefix="bench-launch-") as folder:
         os.environ.update(worker_env(nproc))  # the ranks inherit it
-        os.environ["BENCH_RUN_ID_FILE"] = run_file.name
+        os.environ.update(BENCH_LAUNCH_DIR=folder, BENCH_LAUNCHER_PID=str(os.getpid()))
         try:
             elastic_launch(config, sys.executable)("-m", "benchmark.cli", *argv)
         except ChildFailedError as err:
-            run_id = Path(run_file.name).read_text().strip()
+            run_file = Path(folder) / "run-id"
+            run_id = run_file.read_text().strip() if run_file.is_file() else ""
             resume = (f"its last checkpoint is kept: bench run --resume {run_id} continues it on any number of "
                       "ranks (--nproc)") if run_id else "no run was started"
             stopped = f"the {nproc}-rank job stopped ({_first_failure(err)})"
+            said = _ranks_errors(Path(folder), nproc)
+            reason = f"{said}; {stopped}" if said else stopped
             if run_id and on_failure is not None:
-                on_failure(run_id, stopped)
-            raise UserError(f"{stopped}; {resume}") from None
+                on_failure(run_id, reason)
+            raise UserError(f"{reason}; {resume}") from None
         finally:
-            os.environ.pop("BENCH_RUN_ID_FILE", None)
+            for key in ("BENCH_LAUNCH_DIR", "BENCH_LAUNCHER_PID"):
+                os.environ.pop(key, None)
+
+
+def note_run(run_id: str) -> None:
+    """Tell `bench run --nproc` which run its job trains, for the line it prints if the job fails."""
+    folder = os.environ.get("BENCH_LAUNCH_DIR")
+    if folder:
+        Path(folder, "run-id").write_text(run_id)
+
+
+def report_error(line: str) -> bool:
+    """A rank under `bench run --nproc` leaves its error line for the launcher, which prints one line for the
+    job; True if it did (elsewhere, as under torchrun, the rank prints it itself)."""
+    folder = os.environ.get("BENCH_LAUNCH_DIR")
+    if not folder or "RANK" not in os.environ:
+        return False
+    Path(folder, f"rank{os.environ['RANK']}.error").write_text(line)
+    return True
+
+
+def _ranks_errors(folder: Path, nproc: int) -> str:
+    """Rank 0's error line (it names the rank that failed first), else the lowest rank's that left one."""
+    for rank in range(nproc):
+        path = folder / f"rank{rank}.error"
+        if path.is_file():
+            return path.read_text().strip()
+    return ""
 
 
 def _first_failure(err) -> str:
@@ -219,6 +407,29 @@ def _first_failure(err) -> str:
     rank, failure = err.get_first_failure()
     how = f"killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exit code {failure.exitcode}"
     return f"rank {rank} first: {how}"
+
+
+# After the launcher is gone, the seconds a rank has to checkpoint at its step's end before it exits anyway.
+ORPHAN_GRACE_SECONDS = 8.0
+
+
+def watch_launcher() -> None:
+    """A rank whose launcher died (SIGKILL: its agent cannot stop the ranks) stops too, instead of training
+    on as an orphan: SIGTERM to itself (the ranks stop at one step, checkpoint and end the run KILLED), then
+    exits after ORPHAN_GRACE_SECONDS whatever it is doing."""
+    pid = os.environ.get("BENCH_LAUNCHER_PID")
+    if not pid or "RANK" not in os.environ:
+        return
+    import signal
+
+    def watch() -> None:
+        while os.getppid() == int(pid):
+            time.sleep(0.25)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(ORPHAN_GRACE_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
 
 
 def lost_peer(err: BaseException) -> bool:

@@ -6,6 +6,7 @@ import logging
 
 from benchmark import checkpoint
 from benchmark import data as data_mod
+from benchmark.device import pick_device
 from benchmark.errors import UserError
 from benchmark.metrics import (
     Evaluator,
@@ -17,7 +18,6 @@ from benchmark.metrics import (
     score,
 )
 from benchmark.models import family
-from benchmark.models.common import pick_device
 from benchmark.spec import build_spec, load_toml
 from benchmark.tracking import Tracker
 

@@ -11,6 +11,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,9 +19,10 @@ import torch
 from tqdm import tqdm
 
 from benchmark.data import Prepared, cache_root
+from benchmark.device import autocast, pick_device
 from benchmark.filelock import file_lock
 from benchmark.inception import FEATURE_EXTRACTOR, InceptionWeights, feature_extractor, resolve_weights
-from benchmark.models.common import SAMPLING_PROGRESS, autocast
+from benchmark.progress import SAMPLING_PROGRESS
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +39,10 @@ class Evaluator:
     """Holds the Inception network and scores uint8 image sets against cached real features."""
 
     def __init__(self, weights: InceptionWeights | None = None, batch_size: int = 64, progress: bool = True,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", device: torch.device | None = None):
         self.weights = weights or resolve_weights()
         # channels_last is an honest speed-up on CPU: same fp32 arithmetic, ~1.3x faster here.
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = device or pick_device()  # a rank's own GPU, where it evaluates its share
         self.net = feature_extractor(self.weights).to(self.device, memory_format=torch.channels_last)
         # fp32 unless asked: bf16 autocast features keep FID within 0.5% but move KID, our leading metric,
         # by 1-3% (docs/ARCHITECTURE.md). The precision is provenance: mixed sets are never compared.
@@ -101,24 +103,41 @@ class Evaluator:
         return feats, False
 
 
-def sample_for_eval(model, n: int, seed: int, batch_size: int, progress: bool = False
-                    ) -> tuple[list[torch.Tensor], float]:
-    """n uint8 samples in batches from a generator seeded only for evaluation; returns (batches, seconds).
+def eval_batches(n: int, batch_size: int, rank: int = 0, ranks: int = 1) -> list[tuple[int, int]]:
+    """(index, size) of the evaluation batches rank draws: every ranks-th of the batches of n, so K ranks
+    share the work and together draw exactly the batches one process draws."""
+    return [(b, min(batch_size, n - start)) for b, start in enumerate(range(0, n, batch_size)) if b % ranks == rank]
 
-    The same seed at every eval point and in `bench eval`, so scores of one run differ by training alone."""
-    gen = torch.Generator().manual_seed(seed + 777)
+
+def batch_generator(seed: int, index: int) -> torch.Generator:
+    """The noise of evaluation batch `index`: seeded by the run's seed and the index alone, so whichever rank
+    draws a batch draws the same images."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed + 777, index]).generate_state(1)[0]))
+
+
+def sample_for_eval(model, n: int, seed: int, batch_size: int, progress: bool = False, rank: int = 0,
+                    ranks: int = 1) -> tuple[list[torch.Tensor], float]:
+    """rank's share of n uint8 samples, in batches from generators seeded only for evaluation; returns
+    (batches, seconds). The same seeds at every eval point and in `bench eval`, so scores of one run differ by
+    training alone, and K ranks' shares joined in batch order are the images one process draws."""
     start = time.perf_counter()
-    batches = draw(model, n, gen, batch_size, progress)
+    mine = eval_batches(n, batch_size, rank, ranks)
+    batches = []
+    with tqdm(total=sum(size for _, size in mine), desc="sampling", unit="img", disable=not progress, leave=False,
+              bar_format="{l_bar}{bar}| {n:.0f}/{total} img [{elapsed}<{remaining}]") as bar:
+        for index, size in mine:
+            batches += draw(model, size, batch_generator(seed, index), size, bar=bar)
     return batches, time.perf_counter() - start
 
 
 def draw(model, n: int, generator: torch.Generator, batch_size: int, progress: bool = False,
-         desc: str = "sampling") -> list[torch.Tensor]:
-    """n uint8 samples from a family, batch_size at a time, from one generator. The bar moves with every
-    network pass of a diffusion sampler, not only at the end of a batch."""
+         desc: str = "sampling", bar: tqdm | None = None) -> list[torch.Tensor]:
+    """n uint8 samples from a family, batch_size at a time, from one generator. The bar (its own, or one the
+    caller shows) moves with every network pass of a diffusion sampler, not only at the end of a batch."""
     out = []
-    with tqdm(total=n, desc=desc, unit="img", disable=not progress, leave=False,
-              bar_format="{l_bar}{bar}| {n:.0f}/{total} img [{elapsed}<{remaining}]") as bar:
+    with (nullcontext(bar) if bar is not None else
+          tqdm(total=n, desc=desc, unit="img", disable=not progress, leave=False,
+               bar_format="{l_bar}{bar}| {n:.0f}/{total} img [{elapsed}<{remaining}]")) as bar:
         for i in range(0, n, batch_size):
             size = min(batch_size, n - i)
             done = [0.0]
@@ -127,7 +146,7 @@ def draw(model, n: int, generator: torch.Generator, batch_size: int, progress: b
                 done[0] += fraction
                 bar.update(size * fraction)
 
-            token = SAMPLING_PROGRESS.set(advance if progress else None)
+            token = SAMPLING_PROGRESS.set(advance if not bar.disable else None)
             try:
                 out.append(model.sample(size, generator))
             finally:

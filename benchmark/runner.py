@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -16,11 +15,11 @@ from mlflow.exceptions import MlflowException
 
 from benchmark import checkpoint, distributed
 from benchmark import data as data_mod
+from benchmark.device import pick_device, precision_reason, resolve_precision
 from benchmark.errors import UserError
 from benchmark.loss_plot import plot_losses
 from benchmark.metrics import headline
 from benchmark.models import family
-from benchmark.models.common import pick_device, precision_reason, resolve_precision
 from benchmark.outbox import unreachable
 from benchmark.spec import RunSpec, build_spec, load_toml
 from benchmark.tracking import Silent, Tracker, environment_tags, runs_table_url
@@ -101,9 +100,6 @@ def default_run_name(spec: RunSpec, extra_tags: dict | None = None) -> str:
 def check_world(spec: RunSpec, w: distributed.World) -> None:
     if w.size == 1:
         return
-    if spec.model == "ldm":
-        raise UserError("ldm does not train on several ranks yet (its stage switch and latent cache are per "
-                        "process); run it with --nproc 1")
     if spec.batch_size % w.size:
         raise UserError(f"batch_size {spec.batch_size} does not split over {w.size} ranks; make it a multiple")
 
@@ -111,9 +107,7 @@ def check_world(spec: RunSpec, w: distributed.World) -> None:
 def _lead(tracker: Tracker, spec: RunSpec, precision: str, spent: dict | None = None) -> None:
     """Rank 0 tells the other ranks what to train (they follow silently) and `bench run --nproc` which run
     it is, for the line it prints if a rank fails."""
-    path = os.environ.get("BENCH_RUN_ID_FILE")
-    if path:
-        Path(path).write_text(tracker.run_id)
+    distributed.note_run(tracker.run_id)
     distributed.broadcast({"run_id": tracker.run_id, "spec": spec.to_dict(), "folder": str(tracker.dir),
                            "precision": precision, "spent": spent})
 
@@ -240,8 +234,11 @@ def _train_tracked(spec: RunSpec, cls: type, device: torch.device, precision: st
     if spec.seed is not None:
         torch.manual_seed(spec.seed)
     model = cls(spec, device, precision)
-    if spec.values.get("autoencoder_run"):
-        model.reuse_autoencoder(*reused_autoencoder(spec.autoencoder_run), origin=f"run {spec.autoencoder_run}")
+    if spec.values.get("autoencoder_run"):  # rank 0 fetches it and hands it to the others
+        reused = None
+        if distributed.world().main:
+            reused = reused_autoencoder(spec.autoencoder_run)
+        model.reuse_autoencoder(*distributed.broadcast(reused), origin=f"run {spec.autoencoder_run}")
     with tracker.system_metrics():
         meter = train(spec, model, prepared, tracker, progress, on_eval, spent)
     if not distributed.world().main:

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmark.eval_point import save_grid
 from benchmark.evaluate import load_run, require_sampler, set_bn
 from benchmark.metrics import draw, sampling_bn
-from benchmark.train import save_grid
 
 log = logging.getLogger(__name__)
 

@@ -414,7 +414,8 @@ class Tracker:
 
 class Silent:
     """The tracker of data-parallel ranks other than 0: they train the same run, but rank 0 alone logs to MLflow,
-    writes its checkpoint and evaluates. `dir` is rank 0's run folder, from which a resume loads."""
+    writes its checkpoint and scores evaluations. `dir` names rank 0's run folder; these ranks never read it
+    (rank 0 hands them a checkpoint's state), so they may run on machines that do not have it."""
 
     remote_artifacts = False
 

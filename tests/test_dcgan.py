@@ -125,7 +125,7 @@ def test_wgan_gp_penalty_against_analytic_critics():
 
 
 def test_precision_auto_picks_bf16_only_where_it_is_fast():
-    from benchmark.models import common
+    from benchmark import device as common
 
     assert common.cpu_has_fast_bf16("flags : fpu avx2 avx512f avx512_bf16") is True
     assert common.cpu_has_fast_bf16("flags : fpu avx2 amx_bf16 amx_tile") is True

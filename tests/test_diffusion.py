@@ -170,7 +170,7 @@ def test_stochastic_samplers_with_an_oracle_keep_the_forward_marginals(sampler, 
 def test_sampling_reports_progress_with_every_network_pass(capsys):
     """A DDIM batch moves the bar after each pass (it sat still for minutes per batch); a GAN's at its end."""
     from benchmark.metrics import draw
-    from benchmark.models.common import SAMPLING_PROGRESS
+    from benchmark.progress import SAMPLING_PROGRESS
 
     spec = build_spec("ddpm", ddpm.DEFAULTS, overrides=["ch=8", "ch_mult=[1, 2]", "num_res_blocks=1",
                                                         "attn_resolutions=[]", "sampler_steps=5"])

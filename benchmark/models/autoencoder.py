@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.distributed import shard, world
 from benchmark.models.unet import Downsample, ResBlock, Upsample, group_norm
 
 
@@ -67,7 +68,8 @@ class KLAutoencoder(nn.Module):
              recon: str = "l1") -> tuple[torch.Tensor, dict[str, float]]:
         """LDM's objective: reconstruction summed per image + kl_weight * KL(q(z|x) || N(0, I)), batch-averaged."""
         mean, logvar = self.encode(x)
-        eps = torch.randn(mean.shape, generator=generator).to(mean.device)
+        # drawn for the global batch, then this rank's slice: K ranks draw what one process draws
+        eps = shard(torch.randn((mean.shape[0] * world().size, *mean.shape[1:]), generator=generator)).to(mean.device)
         z = mean + (0.5 * logvar).exp() * eps
         rec = self.decode(z).float()
         per_pixel = (rec - x).abs() if recon == "l1" else (rec - x) ** 2

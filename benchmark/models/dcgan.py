@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.device import autocast
 from benchmark.distributed import average_gradients, local_batchnorm, shard, sync_batchnorm, world
 from benchmark.errors import Diverged, UserError
-from benchmark.models.common import autocast, flops_per_image, to_uint8
+from benchmark.models.common import flops_per_image, to_uint8
 
 # The seed's settings; experiments/seed-dcgan.toml writes them out with its 50-epoch budget.
 DEFAULTS: dict[str, Any] = {

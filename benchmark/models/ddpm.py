@@ -7,9 +7,10 @@ from typing import Any
 
 import torch
 
-from benchmark.distributed import average_gradients
+from benchmark.device import autocast
+from benchmark.distributed import average_gradients, dropout_noise
 from benchmark.errors import UserError
-from benchmark.models.common import autocast, flops_per_image, to_uint8
+from benchmark.models.common import flops_per_image, to_uint8
 from benchmark.models.diffusion import PREDICTIONS, SAMPLERS, SCHEDULES, GaussianDiffusion, timesteps
 from benchmark.models.ema import EMA
 from benchmark.models.unet import UNet
@@ -90,6 +91,8 @@ class DDPM:
         self.lr, self.warmup, self.grad_clip = spec.lr, spec.warmup_steps, spec.grad_clip
         self.diffusion = GaussianDiffusion(spec.schedule, spec.timesteps, spec.prediction)
         self.noise = torch.Generator().manual_seed(spec.seed + 1)  # t and epsilon; saved for exact resume
+        # dropout's masks, drawn on the device for the global batch (every rank holds the same stream)
+        self.dropout_noise = torch.Generator(device=device).manual_seed(spec.seed + 3)
         self.steps = 0
         self.sampler, self.sampler_steps, self.sampler_eta = spec.sampler, spec.sampler_steps, spec.sampler_eta
         self._flops: dict[str, float] = {}
@@ -106,7 +109,8 @@ class DDPM:
             for group in self.opt.param_groups:
                 group["lr"] = self.lr * min(1.0, (self.steps + 1) / self.warmup)
         self.opt.zero_grad(set_to_none=True)
-        loss = self.diffusion.loss(self.net, x0, self.noise, self._amp)
+        with dropout_noise(self.dropout_noise):
+            loss = self.diffusion.loss(self.net, x0, self.noise, self._amp)
         loss.backward()
         average_gradients(self.net.parameters())
         if self.grad_clip > 0:
@@ -132,13 +136,15 @@ class DDPM:
 
     def state_dict(self) -> dict[str, Any]:
         return {"net": self.net.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
-                "noise": self.noise.get_state(), "steps": self.steps}
+                "noise": self.noise.get_state(), "dropout_noise": self.dropout_noise.get_state(), "steps": self.steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.net.load_state_dict(state["net"])
         self.ema.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["opt"])
         self.noise.set_state(state["noise"])
+        if "dropout_noise" in state:  # checkpoints from before it drew dropout from the global RNG
+            self.dropout_noise.set_state(state["dropout_noise"])
         self.steps = state["steps"]
 
     def flops_per_train_image(self) -> float:

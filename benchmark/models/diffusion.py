@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.distributed import shard, world
-from benchmark.models.common import SAMPLING_PROGRESS
+from benchmark.progress import SAMPLING_PROGRESS
 
 SCHEDULES = ("linear", "cosine")
 PREDICTIONS = ("eps", "v")

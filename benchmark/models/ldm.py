@@ -10,17 +10,20 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
 import torch
 
+from benchmark import distributed
 from benchmark.data import Prepared, cache_root
+from benchmark.device import autocast
 from benchmark.errors import UserError
 from benchmark.filelock import file_lock
 from benchmark.models import ddpm
 from benchmark.models.autoencoder import KLAutoencoder
-from benchmark.models.common import autocast, flops_per_image, to_uint8
+from benchmark.models.common import flops_per_image, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +134,7 @@ class LDM:
         with self._amp():
             loss, parts = self.ae.loss(x, self.noise, self.kl_weight, self.recon)
         loss.backward()
+        distributed.average_gradients(self.ae.parameters())
         self.ae_opt.step()
         return {"loss_ae": loss.item(), **parts}
 
@@ -140,27 +144,37 @@ class LDM:
             return self.ae.encode(x.to(self.device, memory_format=self.memory_format))[0].float().cpu()
 
     def _encode_dataset(self, data: Prepared, batch_size: int = 256) -> torch.Tensor:
-        """Posterior means of every prepared image, cached on disk by data and autoencoder weights."""
+        """Posterior means of every prepared image, cached on disk by data and autoencoder weights. On K ranks
+        it is built once: rank 0 reads its cache and hands the latents over, or each rank encodes its part and
+        every rank gets all of them (no rank reads another's disk)."""
         self.ae.eval()
         key = f"{data.fingerprint}-{data.split}-{data.resolution}-{_weights_hash(self.ae)}"
         path = cache_root() / "latents" / f"{key}.pt"
-        with file_lock(path.with_suffix(".lock")):
-            cached = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
-            if isinstance(cached, dict):  # what encoding cost when it ran, charged again: the cache is no discount
+        w = distributed.world()
+        # rank 0 alone holds the lock: a rank of this job waiting for it would never reach the broadcast
+        with file_lock(path.with_suffix(".lock")) if w.main else nullcontext():
+            cached = None
+            if w.main and path.is_file():
+                cached = torch.load(path, map_location="cpu", weights_only=True)
+            cached = distributed.broadcast(cached if isinstance(cached, dict) else None)
+            if cached is not None:  # what encoding cost when it ran, charged again: the cache is no discount
                 latents = cached["latents"]
                 self.charges.append({"stage": self.stage, "images": 0, "seconds": cached["seconds"],
                                      "flops": cached["flops"]})
                 log.info("reusing cached latents %s (charged as encoded: %.1f s)", path.name, cached["seconds"])
             else:
+                start_, stop = distributed.part(len(data))
                 log.info("encoding %d images into latents (once; cached as %s)", len(data), path.name)
                 start = time.perf_counter()
-                latents = torch.cat([
-                    self._encode(torch.from_numpy(np.array(data.images[i : i + batch_size])).float()
-                                 .div_(127.5).sub_(1.0)) for i in range(0, len(data), batch_size)])
+                mine = [self._encode(torch.from_numpy(np.array(data.images[i : min(i + batch_size, stop)])).float()
+                                     .div_(127.5).sub_(1.0)) for i in range(start_, stop, batch_size)]
+                latents = distributed.all_rows(torch.cat(mine), len(data))
                 seconds, flops = time.perf_counter() - start, len(data) * self._encoder_flops()
-                path.parent.mkdir(parents=True, exist_ok=True)
-                torch.save({"latents": latents, "seconds": seconds, "flops": flops}, path.with_suffix(".partial"))
-                path.with_suffix(".partial").replace(path)
+                if w.main:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    torch.save({"latents": latents, "seconds": seconds * w.size, "flops": flops},
+                               path.with_suffix(".partial"))
+                    path.with_suffix(".partial").replace(path)
                 # the seconds are inside this training step's measured time already
                 self.charges.append({"stage": self.stage, "images": 0, "seconds": 0.0, "flops": flops})
         if self.scale is None:

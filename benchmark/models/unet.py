@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.distributed import GlobalDropout
+
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """The Transformer's sinusoidal position encoding of the diffusion step t, (N,) -> (N, dim)."""
@@ -37,7 +39,7 @@ class ResBlock(nn.Module):
         super().__init__()
         self.norm1, self.conv1 = group_norm(cin), nn.Conv2d(cin, cout, 3, padding=1)
         self.temb = nn.Linear(temb_dim, cout) if temb_dim else None
-        self.norm2, self.dropout = group_norm(cout), nn.Dropout(dropout)
+        self.norm2, self.dropout = group_norm(cout), GlobalDropout(dropout)  # the global batch's masks
         self.conv2 = zero(nn.Conv2d(cout, cout, 3, padding=1))
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 

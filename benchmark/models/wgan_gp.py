@@ -9,9 +9,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from benchmark.device import autocast
 from benchmark.distributed import average_gradients, shard, world
 from benchmark.errors import UserError
-from benchmark.models.common import autocast, flops_per_image
+from benchmark.models.common import flops_per_image
 from benchmark.models.dcgan import DCGAN, Discriminator, _check_finite
 from benchmark.models.dcgan import DEFAULTS as DCGAN_DEFAULTS
 from benchmark.models.dcgan import HELP as DCGAN_HELP
