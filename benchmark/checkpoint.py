@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,14 @@ def load(path: Path, what: str = "checkpoint") -> Any:
         raise UserError(f"{what} {path} cannot be read with weights_only=True ({reason[:160]})") from None
 
 
+def set_aside(path: Path) -> Path:
+    """Rename a checkpoint that cannot be read (kept for a post-mortem): left as last.pt, the next save would
+    rotate it into last.prev.pt, and a second damage to last.pt would then leave nothing to resume from."""
+    aside = path.with_name(f"{path.name}.corrupt.{time.time_ns()}")
+    os.replace(path, aside)
+    return aside
+
+
 def exists(path: Path) -> bool:
     return path.is_file() or previous(path).is_file()
 
@@ -67,7 +76,9 @@ def load_latest(path: Path) -> dict[str, Any] | None:
         except UserError as err:
             if not previous(path).is_file():
                 raise
-            log.warning("%s; falling back to the checkpoint before it, %s", err, previous(path).name)
+            aside = set_aside(path)
+            log.warning("%s; set aside as %s, falling back to the checkpoint before it, %s", err, aside.name,
+                        previous(path).name)
     elif previous(path).is_file():
         log.warning("checkpoint %s is missing; falling back to the one before it, %s", path, previous(path).name)
     return load(previous(path)) if previous(path).is_file() else None

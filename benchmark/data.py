@@ -71,6 +71,8 @@ class Prepared:
     resolution: int
     skipped: int
     from_cache: bool
+    smaller: int = 0  # source images whose short side was below the resolution: upscaled, not downscaled
+    smallest: int = 0  # the shortest such side
 
     def __len__(self) -> int:
         return len(self.images)
@@ -209,12 +211,18 @@ def preprocess(data: bytes, resolution: int) -> np.ndarray:
         return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
 
 
-def _decode_chunk(args: tuple[list[bytes], int]) -> list[np.ndarray | str]:
+def short_side(data: bytes) -> int:
+    """The short side of an encoded image, from its header."""
+    with Image.open(io.BytesIO(data)) as img:
+        return min(img.size)
+
+
+def _decode_chunk(args: tuple[list[bytes], int]) -> list[tuple[np.ndarray, int] | str]:
     blobs, resolution = args
-    out: list[np.ndarray | str] = []
+    out: list[tuple[np.ndarray, int] | str] = []
     for blob in blobs:
         try:
-            out.append(preprocess(blob, resolution))
+            out.append((preprocess(blob, resolution), short_side(blob)))
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
             out.append(f"{type(err).__name__}: {err}")
     return out
@@ -320,8 +328,8 @@ def _prepare_locked(dest: Path, path: Path, listing: _Listing, split_used: str, 
         images, meta = cached
         log.info("reusing prepared data %s (%d images, fingerprint %s): no decoding", dest, len(images),
                  meta["fingerprint"])
-        return Prepared(images, meta["name"], meta["fingerprint"], str(path), split_used, resolution,
-                        meta["skipped"], True)
+        return _said(Prepared(images, meta["name"], meta["fingerprint"], str(path), split_used, resolution,
+                              meta["skipped"], True, meta.get("smaller", 0), meta.get("smallest", 0)))
 
     from tqdm import tqdm
 
@@ -330,6 +338,7 @@ def _prepare_locked(dest: Path, path: Path, listing: _Listing, split_used: str, 
     digest = hashlib.sha256(f"{PREPROCESSING}|{resolution}".encode())
     skipped: list[str] = list(listing.unreadable)
     read_errors: dict[str, str] = {}
+    sides: list[int] = []  # short sides below the resolution
 
     def chunks() -> Iterator[np.ndarray]:
         batches = [listing.names[i : i + _CHUNK] for i in range(0, len(listing.names), _CHUNK)]
@@ -355,7 +364,9 @@ def _prepare_locked(dest: Path, path: Path, listing: _Listing, split_used: str, 
                     if isinstance(result, str):
                         skipped.append(f"{_show(name)} ({read_errors.get(name, result)})")
                     else:
-                        good.append(result)
+                        good.append(result[0])
+                        if result[1] < resolution:
+                            sides.append(result[1])
                 bar.update(len(names))
                 if good:
                     yield np.stack(good)
@@ -365,7 +376,8 @@ def _prepare_locked(dest: Path, path: Path, listing: _Listing, split_used: str, 
             "split": split_used, "resolution": resolution, "kind": listing.kind}
     # The fingerprint is only known after every byte was read, so meta.json is completed afterwards.
     n = _write(dest, chunks(), len(listing.names), resolution, {**meta, "fingerprint": "", "skipped": 0})
-    meta.update(fingerprint=digest.hexdigest()[:16], skipped=len(skipped), skipped_examples=skipped[:5], images=n)
+    meta.update(fingerprint=digest.hexdigest()[:16], skipped=len(skipped), skipped_examples=skipped[:5], images=n,
+                smaller=len(sides), smallest=min(sides, default=0))
     if n == 0:
         for leftover in dest.iterdir():
             leftover.unlink()
@@ -376,4 +388,15 @@ def _prepare_locked(dest: Path, path: Path, listing: _Listing, split_used: str, 
     if skipped:
         log.warning("skipped %d unreadable files, e.g. %s", len(skipped), "; ".join(skipped[:3]))
     images = np.load(dest / "images.npy", mmap_mode="r")
-    return Prepared(images, meta["name"], meta["fingerprint"], str(path), split_used, resolution, len(skipped), False)
+    return _said(Prepared(images, meta["name"], meta["fingerprint"], str(path), split_used, resolution,
+                          len(skipped), False, len(sides), min(sides, default=0)))
+
+
+def _said(prepared: Prepared) -> Prepared:
+    """A set whose images were partly smaller than the resolution says so each time it is used: they were
+    upscaled, and whatever is measured on them measures the upscaling too."""
+    if prepared.smaller:
+        r, s = prepared.resolution, prepared.smallest
+        log.warning("%d of the images in %s are smaller than %dx%d (the smallest %dx%d): upscaled to %dx%d",
+                    prepared.smaller, prepared.source, r, r, s, s, r, r)
+    return prepared

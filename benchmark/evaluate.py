@@ -9,6 +9,7 @@ from benchmark import data as data_mod
 from benchmark.device import pick_device
 from benchmark.errors import UserError
 from benchmark.metrics import (
+    MIN_IMAGES,
     Evaluator,
     headline,
     leading_metric,
@@ -135,8 +136,9 @@ def eval_sets(real: str, fake: str, samples: int | None = None, split: str = "tr
     fake_set = data_mod.prepare(fake, "all", resolution, progress=progress)
     n_fake = min(samples or len(fake_set), len(fake_set))
     n_real = min(samples or len(real_set), len(real_set))
-    if min(n_fake, n_real) < 2:
-        raise UserError("need at least 2 images on each side")
+    if min(n_fake, n_real) < MIN_IMAGES:
+        raise UserError(f"scoring needs at least {MIN_IMAGES} images a side (precision/recall take each image's "
+                        f"{MIN_IMAGES - 1} nearest neighbours in its own set); {fake} gives {n_fake}, {real} {n_real}")
     evaluator = Evaluator(progress=progress)
     real_feats, cached = evaluator.real_features(real_set, n_real)
     fake_feats = evaluator.features(fake_set.images[:n_fake], desc="fake")

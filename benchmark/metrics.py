@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from benchmark.data import Prepared, cache_root
 from benchmark.device import autocast, pick_device
+from benchmark.errors import UserError
 from benchmark.filelock import file_lock
 from benchmark.inception import FEATURE_EXTRACTOR, InceptionWeights, feature_extractor, resolve_weights
 from benchmark.progress import SAMPLING_PROGRESS
@@ -27,6 +28,8 @@ from benchmark.progress import SAMPLING_PROGRESS
 log = logging.getLogger(__name__)
 
 SMALL_N = 2000  # below this many samples FID is strongly biased: a trend, not a comparable number
+PRC_NEIGHBOURS = 3  # torch-fidelity's k for precision/recall (Kynkaanniemi et al.)
+MIN_IMAGES = PRC_NEIGHBOURS + 1  # each image's k-th neighbour in its own set, itself included
 
 
 @dataclass
@@ -192,11 +195,15 @@ def score(fake: Features, real: Features, weights: InceptionWeights, kid_subset_
     from torch_fidelity.metric_prc import prc_features_to_metric
 
     n = min(len(fake.pool), len(real.pool))
+    if n < MIN_IMAGES:
+        raise UserError(f"scoring needs at least {MIN_IMAGES} images a side (precision/recall take each image's "
+                        f"{PRC_NEIGHBOURS} nearest neighbours in its own set); got {len(fake.pool)} generated and "
+                        f"{len(real.pool)} real")
     # Subsets as large as the sets would all be the same draw and KID's spread would read as zero.
     subset = kid_subset_size if n > kid_subset_size else max(2, n // 2)
     kid = kid_features_to_metric(fake.pool.double(), real.pool.double(), kid_subsets=100, kid_subset_size=subset,
                                  rng_seed=seed, verbose=False)
-    prc = prc_features_to_metric(fake.pool, real.pool, prc_neighborhood=min(3, len(real.pool) - 1),
+    prc = prc_features_to_metric(fake.pool, real.pool, prc_neighborhood=PRC_NEIGHBOURS,
                                  prc_batch_size=10000, save_cpu_ram=False, verbose=False)
     out = {
         "fid": frechet_distance(fake.pool, real.pool),

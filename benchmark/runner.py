@@ -157,6 +157,8 @@ def resume(run_id: str, device_name: str = "auto", progress: bool = True, restar
                         run_id, spent["seconds"] / 3600)
         elif restart:
             raise UserError(f"run {run_id} has a checkpoint: resume it without --restart")
+        else:
+            tracker.skip_stored()  # the steps replayed from the checkpoint on were logged once already
         prepared = prepare_data(spec, progress)
         if prepared.fingerprint != run.data.tags.get("dataset_fingerprint"):
             raise UserError(f"the data of run {run_id} changed since it started (fingerprint differs); not resuming")

@@ -128,6 +128,7 @@ class Tracker:
         self.dir = local if local is not None else cache_root() / "runs" / run_id
         self.dir.mkdir(parents=True, exist_ok=True)
         self._pending: list[Metric] = []
+        self._stored: dict[str, int] = {}  # a resumed run: the last step the store holds per metric key
         self._last_flush = time.monotonic()
         self._latest_slot: str | None = None  # remote checkpoint slot named by the pointer
         # A tracking server can go away mid-run: what cannot be delivered waits on disk, in order
@@ -266,7 +267,16 @@ class Tracker:
 
     # ------------------------------------------------------------ metrics and files
 
+    def skip_stored(self) -> None:
+        """A run resumed from its checkpoint replays, bit for bit, the steps between that checkpoint and the kill,
+        whose rows the killed process may have flushed already: rows at steps the store holds are not sent
+        again (MLflow would keep both, their timestamps differ)."""
+        for key in self.client.get_run(self.run_id).data.metrics:
+            self._stored[key] = max((m.step for m in self.client.get_metric_history(self.run_id, key)), default=-1)
+
     def metric(self, key: str, value: float, step: int) -> None:
+        if step <= self._stored.get(key, -1):
+            return
         self._pending.append(Metric(key, float(value), int(time.time() * 1000), int(step)))
 
     def metrics(self, values: dict[str, float], step: int) -> None:
