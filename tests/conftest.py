@@ -21,17 +21,6 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 
     os.environ.update(worker_env(int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
-# The files with the longest tests go first (measured on 2 cores; a file runs on one worker): started last,
-# one of them keeps a worker busy for minutes after the other has run out of files.
-LONGEST_FIRST = ("test_metrics.py", "test_doctor.py", "test_analysis.py", "test_calibrate.py", "test_scale_out.py",
-                 "test_distributed.py", "test_faults.py", "test_record.py")
-
-
-def pytest_collection_modifyitems(items) -> None:
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept
-
-
 ROOT = Path(__file__).resolve().parents[1]
 CELEBA = Path(os.environ.get("BENCH_TEST_CELEBA", ROOT.parent / "shared" / "data" / "celeba-sample"))
 
