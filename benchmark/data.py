@@ -198,6 +198,11 @@ def _listing(path: Path, split: str) -> _Listing:
 
 def preprocess(data: bytes, resolution: int) -> np.ndarray:
     """Decode an image, center-crop it square and resize it with antialiasing: uint8 (3, R, R)."""
+    return _preprocess(data, resolution)[0]
+
+
+def _preprocess(data: bytes, resolution: int) -> tuple[np.ndarray, int]:
+    """preprocess(), and the short side the image had before it was resized."""
     with Image.open(io.BytesIO(data)) as img:
         if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):  # 16-bit grey: convert("RGB") would clip to white
             depth = 65535.0 if img.mode.startswith("I;16") or np.asarray(img).max() > 255 else 255.0
@@ -208,13 +213,7 @@ def preprocess(data: bytes, resolution: int) -> np.ndarray:
         left, top = (w - s) // 2, (h - s) // 2
         img = img.crop((left, top, left + s, top + s))
         img = img.resize((resolution, resolution), Image.Resampling.LANCZOS)
-        return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
-
-
-def short_side(data: bytes) -> int:
-    """The short side of an encoded image, from its header."""
-    with Image.open(io.BytesIO(data)) as img:
-        return min(img.size)
+        return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1), s
 
 
 def _decode_chunk(args: tuple[list[bytes], int]) -> list[tuple[np.ndarray, int] | str]:
@@ -222,7 +221,7 @@ def _decode_chunk(args: tuple[list[bytes], int]) -> list[tuple[np.ndarray, int] 
     out: list[tuple[np.ndarray, int] | str] = []
     for blob in blobs:
         try:
-            out.append((preprocess(blob, resolution), short_side(blob)))
+            out.append(_preprocess(blob, resolution))
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
             out.append(f"{type(err).__name__}: {err}")
     return out

@@ -214,11 +214,6 @@ def broadcast(obj):
     return box[0]
 
 
-def barrier() -> None:
-    if _world.size > 1:
-        dist.barrier(group=_control)
-
-
 def all_rows(mine: torch.Tensor, total: int) -> torch.Tensor:
     """The rows every rank computed for its part of range(total) (parts from part()), joined in order on every
     rank: the ldm's latents, encoded once over the ranks. CPU tensors on the control group."""

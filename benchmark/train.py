@@ -97,8 +97,8 @@ def restore(path: Path, model: Any, meter: Meter, loop: LoopState) -> bool:
         nonlocal state
         state = checkpoint.load_latest(path)
 
-    distributed.settle(error=distributed.attempt(load) if w.main else None)
-    state = distributed.broadcast(state)
+    error = distributed.attempt(load) if w.main else None
+    state = distributed.settle(state, error)[0]  # rank 0's state on every rank, or every rank stops with its error
     if state is None:
         return False
     model.load_state_dict(state["model"])
