@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from benchmark.atomic import atomic_write, partial, save_torch
 from benchmark.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -24,23 +25,27 @@ def previous(path: Path) -> Path:
 
 
 def save(path: Path, state: dict[str, Any]) -> None:
-    """Write to a temporary file and rename: a kill mid-write leaves the previous checkpoints intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    torch.save(state, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    # The last becomes the previous with last.pt never missing and never one file with last.prev.pt: were
-    # both names one inode (a kill between two renames), damage to last.pt would take the fallback with it.
-    staged = previous(path).with_name(previous(path).name + ".partial") if path.exists() else None
-    if staged is not None:
-        staged.unlink(missing_ok=True)
-        try:
-            os.link(path, staged)
-        except OSError:  # a file system without hard links: rename (a kill right here falls back to .prev)
-            os.replace(path, previous(path))
-            staged = None
-    os.replace(tmp, path)
+    """Write to a temporary file and rename: a kill mid-write leaves the previous checkpoints intact, and a
+    refused write (disk full) is one line with the path and errno, leaving nothing half-written."""
+    staged = None
+    try:
+        with atomic_write(path) as tmp:
+            save_torch(state, tmp)
+            # The last becomes the previous with last.pt never missing and never one file with last.prev.pt:
+            # were both names one inode (a kill between two renames), damage to last.pt would take the
+            # fallback with it.
+            if path.exists():
+                staged = partial(previous(path))
+                staged.unlink(missing_ok=True)
+                try:
+                    os.link(path, staged)
+                except OSError:  # a file system without hard links: rename (a kill here falls back to .prev)
+                    os.replace(path, previous(path))
+                    staged = None
+    except BaseException:
+        if staged is not None:
+            staged.unlink(missing_ok=True)
+        raise
     if staged is not None:
         os.replace(staged, previous(path))
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from benchmark.errors import UserError
+from benchmark.redact import MaskFilter, masked
 from benchmark.spec import CHOICES
 
 log = logging.getLogger("benchmark")
@@ -22,6 +23,9 @@ def _setup_logging(quiet: bool) -> None:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # stdout is for our results
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # checkpoint slots, pointers: small
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:  # a password in a URL is never written out
+        if not any(isinstance(f, MaskFilter) for f in handler.filters):
+            handler.addFilter(MaskFilter())
     for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -228,13 +232,21 @@ def eval_cmd(run_id, samples, real, fake, split, sampler_steps, as_json, bn, dev
 def sync_cmd(run_id, tracking_uri) -> None:
     """Deliver what a run kept on this machine while its tracking server was unreachable (metrics, tags, grids,
     its checkpoint, its end), in order and once each."""
+    from benchmark.outbox import DEAD_LETTER
     from benchmark.tracking import Tracker
 
     _setup_logging(True)
     _tracking(tracking_uri)
-    delivered = Tracker.open(run_id).sync()
-    click.echo(f"run {run_id}: delivered {delivered} waiting item(s)" if delivered else
-               f"run {run_id}: nothing waits on this machine")
+    tracker = Tracker.open(run_id)
+    tally = tracker.sync()
+    click.echo(f"run {run_id}: delivered {tally.delivered} waiting item(s)")
+    if tally.dead or tally.torn:
+        click.echo(f"run {run_id}: {tally.dead} item(s) the server refused and {tally.torn} damaged line(s) were "
+                   f"set aside in {tracker.outbox.folder / DEAD_LETTER}")
+    if tally.left:
+        raise UserError(f"run {run_id}: {tally.left} item(s) still wait in {tracker.outbox.folder}: the tracking "
+                        "server stopped answering; bench sync again once it is back")
+    click.echo(f"run {run_id}: nothing left waiting on this machine")
 
 
 # ---------------------------------------------------------------- sample
@@ -308,8 +320,10 @@ def data_info(path, split, resolution) -> None:
               help="Trials the study should hold (finished, pruned or failed); a re-run tops it up.")
 @click.option("--trial-budget", default="30m", show_default=True, help="Budget of each trial, as for bench run.")
 @click.option("--study-name", help="Optuna study name; the same name continues a study. Default: MODEL-BUDGET.")
-@click.option("--storage", help="Optuna storage: a journal file path (default: optuna-journal.log beside the "
-              "MLflow store) or a database URL, e.g. postgresql+psycopg2://user@host/db for many machines.")
+@click.option("--storage", envvar="BENCH_STUDY_STORAGE",
+              help="Optuna storage: a journal file path (default: optuna-journal.log beside the MLflow store) or a "
+              "database URL, e.g. postgresql+psycopg2://user@host/db for many machines. A URL with a password is "
+              "best given as BENCH_STUDY_STORAGE (a command line is visible to everyone in ps); it is shown masked.")
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
               help="Worker processes on this machine; the same command elsewhere joins the study.")
 @click.option("--sampler", type=click.Choice(["tpe", "random", "cmaes"]), default="tpe", show_default=True,
@@ -513,9 +527,10 @@ def ui(host, port, experiment, timeout, tracking_uri) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to serve on; other machines need an address they reach (e.g. 0.0.0.0), given on purpose.")
 @click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True, help="Port to serve on.")
-@click.option("--backend-store-uri", default="sqlite:///mlflow-server.db", show_default=True,
-              help="Database for runs, params and metrics: SQLite for one team machine, PostgreSQL "
-              "(postgresql+psycopg2://user@host/db) for many writers.")
+@click.option("--backend-store-uri", envvar="MLFLOW_BACKEND_STORE_URI", default="sqlite:///mlflow-server.db",
+              show_default=True, help="Database for runs, params and metrics: SQLite for one team machine, "
+              "PostgreSQL (postgresql+psycopg2://user@host/db) for many writers. One with a password is best given "
+              "as MLFLOW_BACKEND_STORE_URI (a command line is visible in ps); it is shown masked.")
 @click.option("--artifacts-destination", default="mlartifacts", show_default=True,
               help="Where the server stores grids, plots and checkpoints: a folder, or an object store URI "
               "(s3://bucket/path); clients reach them through the server.")
@@ -537,9 +552,9 @@ def _error(line: str, code: int) -> None:
     if os.environ.get("BENCH_LAUNCH_DIR"):
         from benchmark.distributed import report_error
 
-        if report_error(line):
+        if report_error(masked(line)):
             sys.exit(code)
-    click.echo(f"error: {line}", err=True)
+    click.echo(f"error: {masked(line)}", err=True)
     sys.exit(code)
 
 
@@ -575,6 +590,10 @@ def main() -> None:
                 sys.exit(130)  # rank 0 says it
             if err.run_id is None:
                 click.echo(f"interrupted ({err})", err=True)
+            elif not err.recorded:  # its end waits for the server, which shows the run RUNNING until then
+                click.echo(f"interrupted ({err}); the tracking server does not answer, so it shows the run as "
+                           f"RUNNING until bench sync {err.run_id} delivers its end (KILLED); resume with bench run "
+                           f"--resume {err.run_id}, which delivers it first", err=True)
             else:
                 click.echo(f"interrupted ({err}); the run ended as KILLED, resume with bench run --resume "
                            f"{err.run_id}", err=True)

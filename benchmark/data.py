@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from benchmark import cores, synthetic
+from benchmark.atomic import atomic_write, write_text
 from benchmark.errors import UserError
 from benchmark.filelock import file_lock
 
@@ -242,29 +243,30 @@ def _workers() -> int:
 def _write(dest: Path, chunks: Iterator[np.ndarray], count_max: int, resolution: int, meta: dict) -> int:
     """Stream image chunks into dest/images.npy, then trim it and write meta.json last (it marks done)."""
     dest.mkdir(parents=True, exist_ok=True)
-    tmp = dest / "images.partial.npy"
-    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(count_max, 3, resolution, resolution))
-    n = 0
-    try:
-        for chunk in chunks:
-            array[n : n + len(chunk)] = chunk
-            n += len(chunk)
-        array.flush()
-    except BaseException:  # a crash or Ctrl-C mid-way leaves no half-written array behind
-        del array
-        tmp.unlink(missing_ok=True)
-        raise
-    del array
-    if n != count_max:  # skipped files: rewrite at the exact size so the array has no blank rows
-        full = np.load(tmp, mmap_mode="r")
-        trimmed = np.lib.format.open_memmap(dest / "images.trim.npy", mode="w+", dtype=np.uint8,
-                                            shape=(n, 3, resolution, resolution))
-        trimmed[:] = full[:n]
-        trimmed.flush()
-        del trimmed, full
-        os.replace(dest / "images.trim.npy", tmp)
-    os.replace(tmp, dest / "images.npy")
-    (dest / "meta.json").write_text(json.dumps({**meta, "images": n}, indent=2))
+    trim = dest / "images.trim.npy"
+    with atomic_write(dest / "images.npy") as tmp:  # a crash or Ctrl-C mid-way leaves no half-written array
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
+                                          shape=(count_max, 3, resolution, resolution))
+        n = 0
+        try:
+            for chunk in chunks:
+                array[n : n + len(chunk)] = chunk
+                n += len(chunk)
+            array.flush()
+        finally:
+            del array
+        if n != count_max:  # skipped files: rewrite at the exact size so the array has no blank rows
+            try:
+                full = np.load(tmp, mmap_mode="r")
+                trimmed = np.lib.format.open_memmap(trim, mode="w+", dtype=np.uint8,
+                                                    shape=(n, 3, resolution, resolution))
+                trimmed[:] = full[:n]
+                trimmed.flush()
+                del trimmed, full
+                os.replace(trim, tmp)
+            finally:
+                trim.unlink(missing_ok=True)
+    write_text(dest / "meta.json", json.dumps({**meta, "images": n}, indent=2))
     return n
 
 
@@ -383,7 +385,7 @@ def _prepare_locked(dest: Path, path: Path, listing: _Listing, split_used: str, 
         dest.rmdir()
         raise UserError(f"no readable image in {path}: all {len(skipped)} files failed to decode "
                         f"(first: {skipped[0]})")
-    (dest / "meta.json").write_text(json.dumps(meta, indent=2))
+    write_text(dest / "meta.json", json.dumps(meta, indent=2))
     if skipped:
         log.warning("skipped %d unreadable files, e.g. %s", len(skipped), "; ".join(skipped[:3]))
     images = np.load(dest / "images.npy", mmap_mode="r")

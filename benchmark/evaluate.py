@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-from benchmark import checkpoint
 from benchmark import data as data_mod
 from benchmark.device import pick_device
 from benchmark.errors import UserError
@@ -18,9 +17,7 @@ from benchmark.metrics import (
     sampling_bn,
     score,
 )
-from benchmark.models import family
-from benchmark.spec import build_spec, load_toml
-from benchmark.tracking import Tracker
+from benchmark.saved_run import open_run
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +38,12 @@ def parse_steps(text: str) -> list[int]:
 
 def load_run(run_id: str, device_name: str = "auto"):
     """A run's tracker, spec and model restored from its latest checkpoint; returns (tracker, spec, model, state)."""
-    tracker = Tracker.open(run_id)
-    ckpt_path = tracker.fetch(checkpoint.LAST)
-    state = checkpoint.load_latest(ckpt_path)
-    if state is None:
-        raise UserError(f"run {run_id} has no checkpoint yet ({ckpt_path})")
-    saved = load_toml(tracker.dir / "spec.toml")
-    cls, defaults = family(saved["model"])
-    spec = build_spec(saved["model"], defaults, saved)
-    run = tracker.client.get_run(run_id)
-    model = cls(spec, pick_device(device_name), run.data.tags.get("precision", "fp32"))
+    saved = open_run(run_id)
+    state = saved.latest()
+    run = saved.tracker.client.get_run(run_id)
+    model = saved.family(saved.spec, pick_device(device_name), run.data.tags.get("precision", "fp32"))
     model.load_state_dict(state["model"])
-    return tracker, spec, model, state
+    return saved.tracker, saved.spec, model, state
 
 
 def set_bn(spec, model, bn: str | None, option: str = "--bn") -> None:

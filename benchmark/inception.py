@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from benchmark import checkpoint
+from benchmark.atomic import atomic_write, save_torch, write_text
 from benchmark.data import cache_root
 from benchmark.errors import UserError
 from benchmark.filelock import file_lock
@@ -102,10 +103,8 @@ def convert_torchscript(source: Path, dest: Path) -> None:
         state[f"{name}.bn.num_batches_tracked"] = torch.tensor(0)
     state["fc.weight"] = torch.full((1008, 2048), float("nan"))
     state["fc.bias"] = torch.full((1008,), float("nan"))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(".partial")
-    torch.save(state, tmp)
-    os.replace(tmp, dest)
+    with atomic_write(dest) as tmp:
+        save_torch(state, tmp)
 
 
 def _skeleton(name: str = "skeleton", features: tuple[str, ...] = ("2048",)) -> torch.nn.Module:
@@ -143,10 +142,8 @@ def resolve_weights() -> InceptionWeights:
                 log.info("converting the TensorFlow Inception graph from %s into torch-fidelity weights (once)",
                          source)
                 convert_torchscript(source, dest)
-                tmp = sidecar.with_suffix(".partial")
-                tmp.write_text(json.dumps({"source": str(source), "source_sha256": _sha256(source),
-                                           "sha256": _sha256(dest), "has_logits": False}))
-                os.replace(tmp, sidecar)
+                write_text(sidecar, json.dumps({"source": str(source), "source_sha256": _sha256(source),
+                                                "sha256": _sha256(dest), "has_logits": False}))
     meta = json.loads(sidecar.read_text())
     return InceptionWeights(dest, meta["sha256"], False, "converted-fid-helper")
 

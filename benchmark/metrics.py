@@ -8,7 +8,6 @@ later run and study: torch-fidelity's own cache is keyed by a name only and neve
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Iterable
 from contextlib import nullcontext
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from benchmark.atomic import atomic_write, save_torch
 from benchmark.data import Prepared, cache_root
 from benchmark.device import autocast, pick_device
 from benchmark.errors import UserError
@@ -99,10 +99,8 @@ class Evaluator:
         index = np.sort(np.random.default_rng(0).permutation(len(data))[:n])
         log.info("computing real statistics on %d images of %s (once; cached as %s)", n, data.name, path.name)
         feats = self.features(np.asarray(data.images[index]), desc="real statistics")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".partial")
-        torch.save({"pool": feats.pool, **({"logits": feats.logits} if feats.logits is not None else {})}, tmp)
-        os.replace(tmp, path)
+        with atomic_write(path) as tmp:
+            save_torch({"pool": feats.pool, **({"logits": feats.logits} if feats.logits is not None else {})}, tmp)
         return feats, False
 
 

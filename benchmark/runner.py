@@ -15,13 +15,15 @@ from mlflow.exceptions import MlflowException
 
 from benchmark import checkpoint, distributed
 from benchmark import data as data_mod
+from benchmark.atomic import write_text
 from benchmark.device import pick_device, precision_reason, resolve_precision
 from benchmark.errors import UserError
 from benchmark.loss_plot import plot_losses
 from benchmark.metrics import headline
 from benchmark.models import family
 from benchmark.outbox import unreachable
-from benchmark.spec import RunSpec, build_spec, load_toml
+from benchmark.saved_run import open_run
+from benchmark.spec import RunSpec, build_spec
 from benchmark.tracking import Silent, Tracker, environment_tags, runs_table_url
 from benchmark.train import Interrupted, train
 
@@ -73,7 +75,7 @@ def start(spec: RunSpec, device_name: str = "auto", experiment_name: str | None 
         with ended(tracker), tracker.hold():
             tracker.dataset(prepared.name, prepared.fingerprint, prepared.source, prepared.split, len(prepared),
                             prepared.resolution)
-            (tracker.dir / "spec.toml").write_text(spec.to_toml())
+            write_text(tracker.dir / "spec.toml", spec.to_toml())
             tracker.publish("spec.toml")
             log.info("MLflow run %s; runs table: %s", tracker.run_id,
                      runs_table_url("http://127.0.0.1:5000", tracker.experiment_id))
@@ -132,19 +134,14 @@ def resume(run_id: str, device_name: str = "auto", progress: bool = True, restar
     w = distributed.init(device)
     if not w.main:
         return _follow(device)
-    tracker = Tracker.open(run_id)
-    spec_path = tracker.fetch("spec.toml")
-    if not spec_path.is_file():
-        raise UserError(f"run {run_id} has no spec.toml: it was not started by bench run")
-    saved = load_toml(spec_path)
-    cls, defaults = family(saved.get("model", ""))
-    spec = build_spec(saved["model"], defaults, saved)
+    saved = open_run(run_id)
+    tracker, spec, cls = saved.tracker, saved.spec, saved.family
     check_world(spec, w)
     with terminate_raises(), tracker.hold():
         run = tracker.client.get_run(run_id)
         if run.info.status == "FINISHED":
             raise UserError(f"run {run_id} already finished its budget; nothing to resume")
-        ckpt = tracker.fetch(checkpoint.LAST)
+        ckpt = saved.checkpoint_path()
         spent = None
         if not checkpoint.exists(ckpt):
             if not restart:
@@ -204,7 +201,8 @@ def ended(tracker: Tracker) -> Iterator[None]:
     except (Interrupted, KeyboardInterrupt) as err:
         interrupted = err if isinstance(err, Interrupted) else Interrupted("SIGINT")
         interrupted.run_id = tracker.run_id
-        tracker.end("KILLED", f"interrupted by {interrupted}; resume with: bench run --resume {tracker.run_id}")
+        interrupted.recorded = tracker.end("KILLED", f"interrupted by {interrupted}; resume with: bench run --resume "
+                                                     f"{tracker.run_id}")
         raise interrupted from None
     except UserError as err:
         tracker.end("FAILED", str(err))
@@ -216,14 +214,14 @@ def ended(tracker: Tracker) -> Iterator[None]:
 
 def reused_autoencoder(run_id: str) -> tuple[dict, dict]:
     """An earlier ldm run's autoencoder weights and what training it cost (its autoencoder_* metrics)."""
-    earlier = Tracker.open(run_id)
-    saved = checkpoint.load_latest(earlier.fetch(checkpoint.LAST))
-    if saved is None:
-        raise UserError(f"autoencoder_run: run {run_id} has no checkpoint")
-    state = saved["model"]
+    earlier = open_run(run_id)
+    try:
+        state = earlier.latest()["model"]
+    except UserError as err:
+        raise UserError(f"autoencoder_run: {err}") from None
     if "ae" not in state:
         raise UserError(f"autoencoder_run: run {run_id} is not an ldm run")
-    metrics = earlier.client.get_run(run_id).data.metrics
+    metrics = earlier.tracker.client.get_run(run_id).data.metrics
     cost = {"images": int(metrics.get("autoencoder_images", 0)),
             "seconds": 3600 * metrics.get("autoencoder_device_hours", 0.0),
             "flops": 1e15 * metrics.get("autoencoder_pflops", 0.0)}

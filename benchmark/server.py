@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from benchmark.data import cache_root
 from benchmark.errors import UserError
+from benchmark.redact import masked
 from benchmark.tracking import find_experiments, runs_table_url
 
 
@@ -31,9 +33,10 @@ def experiment_to_open(name: str | None, client: MlflowClient) -> str | None:
 def ui(uri: str, host: str, port: int, experiment: str | None, timeout: float) -> None:
     """`mlflow ui` on uri; prints the runs table's address once it answers."""
     experiment_id = experiment_to_open(experiment, MlflowClient(uri))
-    base = f"http://{host}:{port}"
+    warn_if_open(host, "read (and through the UI, change) runs")
+    base = f"http://{reachable(host)}:{port}"
     where = runs_table_url(base, experiment_id) if experiment_id else f"{base}/ (the store has no runs yet)"
-    serve(["ui", "--backend-store-uri", uri], host, port, timeout, f"open {where}")
+    serve(["ui"], host, port, timeout, f"open {where}", {"MLFLOW_BACKEND_STORE_URI": uri})
 
 
 def tracking_server(backend: str, artifacts: str, host: str, port: int, workers: int, timeout: float) -> None:
@@ -44,31 +47,45 @@ def tracking_server(backend: str, artifacts: str, host: str, port: int, workers:
                         "postgresql+psycopg2://user@host/db)")
     if "://" not in artifacts:
         Path(artifacts).mkdir(parents=True, exist_ok=True)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        click.echo(f"warning: serving on {host}: anyone who reaches this port can read and write runs "
-                   "(MLflow's server has no authentication here); put it behind a proxy with auth", err=True)
-    address = f"http://{host}:{port}"
-    serve(["server", "--backend-store-uri", backend, "--artifacts-destination", artifacts, "--serve-artifacts",
-           "--workers", str(workers)], host, port, timeout,
-          f"tracking server at {address} (runs in {backend}, artifacts in {artifacts}); on each client: "
-          f"export MLFLOW_TRACKING_URI={address}")
+    warn_if_open(host, "read and write runs")
+    address = f"http://{reachable(host)}:{port}"
+    serve(["server", "--artifacts-destination", artifacts, "--serve-artifacts", "--workers", str(workers)], host,
+          port, timeout, f"tracking server at {address} (runs in {masked(backend)}, artifacts in {artifacts}); on "
+          f"each client: export MLFLOW_TRACKING_URI={address}", {"MLFLOW_BACKEND_STORE_URI": backend})
 
 
-def serve(command: list[str], host: str, port: int, timeout: float, announce: str) -> None:
+LOCAL = ("127.0.0.1", "localhost", "::1")
+EVERY_INTERFACE = ("0.0.0.0", "::", "")
+
+
+def warn_if_open(host: str, what: str) -> None:
+    if host not in LOCAL:
+        click.echo(f"warning: serving on {host}: anyone who reaches this port can {what} (MLflow's server has no "
+                   "authentication here); put it behind a proxy with auth", err=True)
+
+
+def reachable(host: str) -> str:
+    """The address to tell clients: 0.0.0.0 is where a server listens (every interface), not an address anyone
+    can reach; this machine's name is."""
+    return socket.getfqdn() if host in EVERY_INTERFACE else host
+
+
+def serve(command: list[str], host: str, port: int, timeout: float, announce: str, env: dict[str, str]) -> None:
     """Start `mlflow COMMAND`, wait until /health answers (tens of seconds on a small CPU), print `announce`,
-    and stay in the foreground until Ctrl-C or SIGTERM, which stop the server too."""
+    and stay in the foreground until Ctrl-C or SIGTERM, which stop the server too. The store's URL goes through
+    `env`, not the command line, which anyone on the machine can read (ps)."""
     log_path = cache_root() / "servers" / f"mlflow-{command[0]}-{port}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as server_log:
         # MLflow 3's job runner (GenAI judges, trace roll-ups) is a second process we have no use for: without
         # it the server answers ~4 s sooner on 2 cores and leaves them to training (the user's setting wins)
-        env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+        env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ, **env}
         server = subprocess.Popen([sys.executable, "-m", "mlflow", *command, "--host", host, "--port", str(port)],
                                   stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     click.echo(f"starting mlflow {command[0]} on http://{host}:{port} (its log: {log_path}) ...", err=True)
     previous = signal.signal(signal.SIGTERM, _interrupt)  # stop as Ctrl-C does: the server goes too
     try:
-        local = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # where this machine reaches it
+        local = "127.0.0.1" if host in EVERY_INTERFACE else host  # where this machine reaches it
         _wait_until_healthy(server, f"http://{local}:{port}/health", timeout, log_path)
         click.echo(announce)
         server.wait()

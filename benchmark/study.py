@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import math
-import socket
 import subprocess
 import sys
 import warnings
@@ -23,7 +22,6 @@ from urllib.parse import unquote, urlparse
 
 import mlflow
 import optuna
-import psutil
 from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
@@ -32,8 +30,10 @@ from benchmark.cores import worker_env
 from benchmark.data import cache_root
 from benchmark.errors import UserError
 from benchmark.filelock import file_lock
+from benchmark.liveness import alive, me
 from benchmark.metrics import leading_metric
 from benchmark.models import family
+from benchmark.redact import masked
 from benchmark.spec import build_spec, load_toml, parse_value
 from benchmark.tracking import Tracker, end_if_running
 from benchmark.train import eval_fractions
@@ -137,7 +137,18 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
 
         return optuna.storages.JournalStorage(JournalFileBackend(url))
     # Heartbeats mark a trial whose worker vanished as failed, so another worker can carry on.
-    return optuna.storages.RDBStorage(url, heartbeat_interval=5, grace_period=20)
+    try:
+        with warnings.catch_warnings():  # heartbeat_interval is "experimental" since Optuna 2.9
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, heartbeat_interval=5, grace_period=20)
+    except ImportError as err:  # the URL's driver (postgresql:// means psycopg2) is not installed
+        module = getattr(err.__cause__ or err.__context__, "name", None) or err.name or "its module"
+        raise UserError(f"Optuna storage {masked(url)}: its database driver ({module}) is not installed; pip install "
+                        "psycopg2-binary (facebench[postgres]), or name an installed one: postgresql+DRIVER://"
+                        ) from None
+    except Exception as err:  # noqa: BLE001 - SQLAlchemy's and Optuna's errors alike: unreachable, bad URL
+        reason = (str(getattr(err, "orig", None) or err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(f"Optuna storage {masked(url)} cannot be opened: {masked(reason)[:300]}") from None
 
 
 def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
@@ -181,21 +192,6 @@ class StudyOptions:
     enqueue: tuple[str, ...] = ()
 
 
-def _worker_id() -> str:
-    proc = psutil.Process()
-    return f"{socket.gethostname()}:{proc.pid}:{proc.create_time():.0f}"
-
-
-def _worker_alive(worker: str) -> bool:
-    host, pid, created = worker.rsplit(":", 2)
-    if host != socket.gethostname():
-        return True  # another machine's worker: its heartbeat (RDB storage) speaks for it
-    try:
-        return f"{psutil.Process(int(pid)).create_time():.0f}" == created
-    except (psutil.NoSuchProcess, ValueError):
-        return False
-
-
 def _died(trial: optuna.trial.FrozenTrial) -> bool:
     """Its worker vanished: marked by a worker on the same host, or failed by a stale heartbeat (our own
     failures always record a fail_reason first)."""
@@ -214,7 +210,7 @@ def fail_dead_workers(study: optuna.Study) -> int:
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = t.user_attrs.get("worker")
-        if worker and not _worker_alive(worker):
+        if worker and not alive(worker):
             storage = study._storage
             storage.set_trial_user_attr(t._trial_id, "worker_died", True)
             storage.set_trial_user_attr(t._trial_id, "fail_reason", f"worker {worker} died mid-trial")
@@ -250,7 +246,7 @@ def parent_run(opts: StudyOptions, space: dict, metric: str) -> str:
                                    f"tags.`optuna.study_name` = '{opts.study_name}' and tags.`study.parent` = 'true'")
         if found:
             return found[0].info.run_id
-    params = {"study_name": opts.study_name, "storage": opts.storage, "sampler": opts.sampler,
+    params = {"study_name": opts.study_name, "storage": masked(opts.storage), "sampler": opts.sampler,
               "pruner": opts.pruner, "trials": opts.trials, "trial_budget": opts.trial_budget, "metric": metric,
               "model": opts.model, "search_space": json.dumps(space, sort_keys=True)[:6000]}
     tracker = Tracker.create(experiment, f"study {opts.study_name}", params,
@@ -271,7 +267,7 @@ def run_worker(opts: StudyOptions, parent_id: str, progress: bool = False) -> No
     space, metric = study_space(opts)
     study = load_study(opts)
     experiment = opts.experiment_name or f"study-{opts.model}"
-    worker = _worker_id()
+    worker = me()
 
     while True:
         with _lock(opts):
@@ -428,11 +424,13 @@ def run_study(opts: StudyOptions, workers: int = 1, progress: bool = True) -> di
         study.enqueue_trial(enqueued_params(opts.enqueue, space), skip_if_exists=True)
     parent_id = parent_run(opts, space, metric)
     mlflow.tracking.MlflowClient().update_run(parent_id, status="RUNNING")
-    log.info("study %s in %s; parent MLflow run %s", opts.study_name, opts.storage, parent_id)
+    log.info("study %s in %s; parent MLflow run %s", opts.study_name, masked(opts.storage), parent_id)
     if workers <= 1:
         run_worker(opts, parent_id, progress)
     else:
-        env = worker_env(workers)
+        # the storage and tracking URLs go through the environment: a command line is anyone's to read (ps)
+        env = {**worker_env(workers), "BENCH_STUDY_STORAGE": opts.storage,
+               "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
         procs = [subprocess.Popen(_worker_command(opts, parent_id), env=env) for _ in range(workers)]
         for proc in procs:
             proc.wait()
@@ -440,13 +438,13 @@ def run_study(opts: StudyOptions, workers: int = 1, progress: bool = True) -> di
         if failed:
             log.warning("%d worker(s) exited with an error: %s", len(failed), failed)
     summary = finalize(opts, parent_id)
-    summary["dashboard"] = f"optuna-dashboard {opts.storage}"
+    summary["dashboard"] = f"optuna-dashboard {masked(opts.storage)}"
     return summary
 
 
 def _worker_command(opts: StudyOptions, parent_id: str) -> list[str]:
     cmd = [sys.executable, "-m", "benchmark.cli", "study", "--model", opts.model, "--trials", str(opts.trials),
-           "--trial-budget", opts.trial_budget, "--study-name", opts.study_name, "--storage", opts.storage,
+           "--trial-budget", opts.trial_budget, "--study-name", opts.study_name,
            "--space", opts.space_file, "--sampler", opts.sampler, "--pruner", opts.pruner, "--seed", str(opts.seed),
            "--worker-of", parent_id, "--quiet"]
     if opts.data:
@@ -455,5 +453,5 @@ def _worker_command(opts: StudyOptions, parent_id: str) -> list[str]:
         cmd += ["--experiment-name", opts.experiment_name]
     for item in opts.overrides:
         cmd += ["--set", item]
-    cmd += ["--device", opts.device, "--tracking-uri", mlflow.get_tracking_uri()]
+    cmd += ["--device", opts.device]
     return cmd

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
 import logging
 import os
 import platform
-import socket
 import subprocess
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,11 +26,14 @@ from mlflow.tracking import MlflowClient
 from benchmark import checkpoint
 from benchmark.data import cache_root
 from benchmark.errors import UserError
-from benchmark.outbox import Outbox, unreachable
+from benchmark.liveness import alive, me
+from benchmark.outbox import DEAD_LETTER, Outbox, Tally, unreachable
+from benchmark.redact import masked
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_STALE = 120.0  # seconds without a heartbeat after which a remote run's holder counts as gone
+CLAIM_SETTLE = 2.0  # seconds a remote claim waits before reading itself back: far longer than check-then-write
 # On a remote store the checkpoint alternates between two slots; the pointer names the complete one.
 REMOTE_CHECKPOINTS = "checkpoints/remote"
 REMOTE_POINTER = f"{REMOTE_CHECKPOINTS}/latest.json"
@@ -67,13 +71,18 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
     file / folder store that is a database and can be written."""
     parsed = urlparse(uri)
     if parsed.scheme in ("http", "https"):
+        bare = parsed._replace(netloc=parsed.netloc.rpartition("@")[2])  # urllib takes no user:password@ in a URL
+        request = urllib.request.Request(f"{bare.geturl().rstrip('/')}/health")
+        if parsed.username is not None:
+            token = base64.b64encode(f"{unquote(parsed.username)}:{unquote(parsed.password or '')}".encode())
+            request.add_header("Authorization", f"Basic {token.decode()}")
         try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            with urllib.request.urlopen(request, timeout=timeout):
                 return
         except (OSError, ValueError) as err:
             reason = getattr(err, "reason", err)
-            raise UserError(f"MLflow tracking server {uri} does not answer ({reason}); start it, or give another "
-                            "--tracking-uri / MLFLOW_TRACKING_URI") from None
+            raise UserError(f"MLflow tracking server {masked(uri)} does not answer ({reason}); start it, or give "
+                            "another --tracking-uri / MLFLOW_TRACKING_URI") from None
     if parsed.scheme == "sqlite":
         _check_sqlite(Path(unquote(parsed.path)[1:]))  # sqlite:///rel.db is relative, sqlite:////abs.db absolute
     elif parsed.scheme in ("", "file"):
@@ -133,7 +142,7 @@ class Tracker:
         self._latest_slot: str | None = None  # remote checkpoint slot named by the pointer
         # A tracking server can go away mid-run: what cannot be delivered waits on disk, in order
         remote = urlparse(mlflow.get_tracking_uri()).scheme in ("http", "https")
-        self.outbox = Outbox(cache_root() / "runs" / run_id / "outbox.jsonl", self._deliver) if remote else None
+        self.outbox = Outbox(cache_root() / "runs" / run_id / "outbox", self._deliver) if remote else None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -168,12 +177,15 @@ class Tracker:
             self.client.set_tag(self.run_id, "previous_failure_reason", tags["failure_reason"])
             self.client.delete_tag(self.run_id, "failure_reason")
 
-    def end(self, status: str, reason: str | None = None) -> None:
+    def end(self, status: str, reason: str | None = None) -> bool:
+        """End the run with status (and reason); False when the server is away and the end waits on disk."""
         self.flush()
         self._send({"kind": "end", "status": status, "reason": reason})
         if self.outbox and not self.outbox.drain():
             log.warning("the tracking server is still unreachable: %d item(s) of run %s wait in %s; bench sync %s "
-                        "delivers them", len(self.outbox), self.run_id, self.outbox.path, self.run_id)
+                        "delivers them", len(self.outbox), self.run_id, self.outbox.folder, self.run_id)
+            return False
+        return True
 
     def _end_now(self, status: str, reason: str | None) -> None:
         if reason:
@@ -211,22 +223,30 @@ class Tracker:
         else:
             raise ValueError(f"unknown outbox item {kind!r}")
 
-    def sync(self) -> int:
-        """Deliver what an outage left waiting (bench sync); returns how many items were delivered."""
-        if not self.outbox:
-            return 0
-        waiting = len(self.outbox)
-        if not self.outbox.drain():
-            raise UserError(f"the tracking server {mlflow.get_tracking_uri()} still does not answer; "
-                            f"{waiting} item(s) wait in {self.outbox.path}")
-        return waiting
+    def sync(self) -> Tally:
+        """Deliver what earlier processes of this run left waiting on this machine (bench sync). A process
+        training the run delivers its own: sync then leaves it alone."""
+        if self.outbox is None:
+            return Tally()
+        with self._local_lock("it delivers what it keeps waiting itself"):
+            return self.outbox.deliver_earlier()
 
     # ------------------------------------------------------------ one process per run
 
     @contextmanager
     def hold(self) -> Iterator[None]:
         """Only one process trains a run: a lock beside its checkpoint (processes of this machine) and, on a
-        remote store, a holder tag with a heartbeat (other machines). The second gets one line."""
+        remote store, a holder tag with a heartbeat (other machines). The second gets one line. What an earlier
+        process of the run left waiting for the server is delivered first: its end lands before this one's
+        start, never after."""
+        with self._local_lock("not starting a second"):
+            self._deliver_earlier()
+            if self.remote_artifacts:
+                self._claim()
+            yield
+
+    @contextmanager
+    def _local_lock(self, refusal: str) -> Iterator[None]:
         path = self.dir / "checkpoints" / "run.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a+") as f:
@@ -235,30 +255,50 @@ class Tracker:
             except BlockingIOError:
                 f.seek(0)
                 raise UserError(f"run {self.run_id} is being trained by another process ({f.read().strip()}); "
-                                "not starting a second") from None
+                                f"{refusal}") from None
             f.seek(0)
             f.truncate()
-            f.write(f"{socket.gethostname()} pid {os.getpid()}")
+            f.write(me())
             f.flush()
-            if self.remote_artifacts:
-                self._claim()
             try:
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def _claim(self) -> None:
-        tags = self.client.get_run(self.run_id).data.tags
-        holder, beat = tags.get("lock.holder"), float(tags.get("lock.heartbeat", "0"))
-        me = f"{socket.gethostname()} pid {os.getpid()}"
-        if holder and holder != me and time.time() - beat < HEARTBEAT_STALE and _alive(holder):
-            raise UserError(f"run {self.run_id} is being trained by {holder} (heartbeat {time.time() - beat:.0f} s "
-                            "ago); not starting a second")
-        self.client.set_tag(self.run_id, "lock.holder", me)
-        self._beat()
+    def _deliver_earlier(self) -> Tally:
+        """Hand the server what earlier processes of this run left on this machine, oldest first."""
+        if self.outbox is None:
+            return Tally()
+        tally = self.outbox.deliver_earlier()
+        if tally.delivered or tally.dead or tally.torn:
+            log.info("delivered %d item(s) an earlier process of run %s left waiting%s", tally.delivered,
+                     self.run_id, f"; {tally.dead + tally.torn} set aside in {self.outbox.folder / DEAD_LETTER}"
+                     if tally.dead or tally.torn else "")
+        if tally.left:
+            raise UserError(f"the tracking server {mlflow.get_tracking_uri()} stopped answering while it was "
+                            f"handed what an earlier process of run {self.run_id} left: {tally.left} item(s) "
+                            f"still wait in {self.outbox.folder}; bench sync {self.run_id} once it is back")
+        return tally
 
-    def _beat(self) -> None:
-        if self.remote_artifacts and not self.outbox:  # skipped while things wait for the server
+    def _claim(self) -> None:
+        """A claim that two machines cannot both win: each writes its holder tag with a token of its own, waits
+        longer than a check-then-write takes, and reads it back; only the last writer finds its own."""
+        tags = self.client.get_run(self.run_id).data.tags
+        holder, beat = tags.get("lock.holder", ""), float(tags.get("lock.heartbeat", "0"))
+        mine = f"{me()} claim {uuid.uuid4().hex[:12]}"
+        if holder and not holder.startswith(me()) and time.time() - beat < HEARTBEAT_STALE and alive(holder):
+            raise UserError(f"run {self.run_id} is being trained by {_who(holder)} (heartbeat "
+                            f"{time.time() - beat:.0f} s ago); not starting a second")
+        self.client.set_tag(self.run_id, "lock.holder", mine)
+        time.sleep(CLAIM_SETTLE)
+        holder = self.client.get_run(self.run_id).data.tags.get("lock.holder", "")
+        if holder != mine:
+            raise UserError(f"run {self.run_id} was claimed by {_who(holder)} at the same moment; not starting "
+                            "a second")
+        self._beat(force=True)
+
+    def _beat(self, force: bool = False) -> None:
+        if self.remote_artifacts and (force or not self.outbox):  # skipped while things wait for the server
             try:
                 self.client.set_tag(self.run_id, "lock.heartbeat", f"{time.time():.0f}")
             except MlflowException as err:
@@ -292,8 +332,8 @@ class Tracker:
     def flush(self) -> None:
         if self._pending:
             rows = [[m.key, m.value, m.timestamp, m.step] for m in self._pending]
-            self._pending = []
             self._send({"kind": "metrics", "rows": rows})
+            self._pending = []  # delivered, or on disk in the outbox: not before
         self._last_flush = time.monotonic()
 
     def tags(self, values: dict) -> None:
@@ -308,6 +348,7 @@ class Tracker:
         if relpath == checkpoint.LAST:
             pointer = self._download(REMOTE_POINTER)
             if pointer is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
                 slots = json.loads(pointer.read_text())
                 for slot, local in ((slots["other"], checkpoint.previous(path)), (slots["latest"], path)):
                     got = self._download(f"{REMOTE_CHECKPOINTS}/{slot}")
@@ -440,8 +481,8 @@ class Silent:
     def system_metrics(self, interval: float = 10.0) -> Iterator[None]:
         yield
 
-    def end(self, status: str, reason: str | None = None) -> None:
-        pass
+    def end(self, status: str, reason: str | None = None) -> bool:
+        return True
 
     def metric(self, key: str, value: float, step: int) -> None:
         pass
@@ -462,18 +503,8 @@ class Silent:
         pass
 
 
-def _alive(holder: str) -> bool:
-    """A holder ('host pid N') on this machine is alive while its process is; elsewhere, its heartbeat says."""
-    host, _, pid = holder.partition(" pid ")
-    if host != socket.gethostname():
-        return True
-    try:
-        os.kill(int(pid), 0)
-        return True
-    except (ProcessLookupError, ValueError):
-        return False
-    except PermissionError:
-        return True
+def _who(holder: str) -> str:
+    return holder.partition(" claim ")[0]
 
 
 def cpu_model() -> str:

@@ -69,6 +69,7 @@ class Interrupted(BaseException):
     that catches Exception (logging does, when the signal lands while it writes)."""
 
     run_id: str | None = None  # set by the runner, for the message that says how to resume
+    recorded: bool = True  # False while its end waits for an unreachable tracking server
 
 
 def _to_float(batch: np.ndarray) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from benchmark import checkpoint
-from conftest import bench, bench_inprocess
+from conftest import bench, bench_inprocess, serve_mlflow
 
 
 class _Planted:
@@ -385,7 +385,7 @@ def mlflow_server(tmp_path):
     from conftest import free_port
 
     port = free_port()
-    server = _serve(port, tmp_path)
+    server = serve_mlflow(port, tmp_path)
     yield f"http://127.0.0.1:{port}"
     os.killpg(server.pid, signal.SIGTERM)
     server.wait(timeout=30)
@@ -426,25 +426,16 @@ def test_a_remote_run_holds_its_checkpoint_and_resumes_on_another_machine(mlflow
     steps = [m.step for m in client.get_metric_history(run_id, "loss_d")]
     assert steps[-1] == 6000 and steps[0] < 3000  # one curve, from the first step of machine A to the end on B
     assert (tmp_path / "machine-b" / "runs" / run_id / "checkpoints" / "last.pt").is_file()
-
-
-def _serve(port: int, folder) -> subprocess.Popen:
-    """`mlflow server` on 127.0.0.1:port over folder's SQLite store and artifacts, once it answers."""
-    import urllib.request
-
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                               "--backend-store-uri", f"sqlite:///{folder / 'server.db'}", "--artifacts-destination",
-                               str(folder / "server-artifacts"), "--workers", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                              env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-            return server
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError("mlflow server did not start")
+    # a third machine, with nothing but the server: it draws from the run and scores it into the run
+    env["BENCH_CACHE"] = str(tmp_path / "machine-c")
+    drawn = subprocess.run([sys.executable, "-m", "benchmark.cli", "sample", run_id, "--n", "4", "--out",
+                            str(tmp_path / "drawn")], capture_output=True, text=True, env=env, timeout=300)
+    assert drawn.returncode == 0, drawn.stderr[-3000:]
+    assert len(list((tmp_path / "drawn").glob("*.png"))) == 4
+    scored = subprocess.run([sys.executable, "-m", "benchmark.cli", "eval", run_id, "--samples", "8", "--quiet"],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    assert [m.step for m in client.get_metric_history(run_id, "kid_mean")] == [6000]
 
 
 def test_a_tracking_outage_costs_no_training_and_loses_nothing(tmp_path):
@@ -455,7 +446,7 @@ def test_a_tracking_outage_costs_no_training_and_loses_nothing(tmp_path):
 
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    server = _serve(port, tmp_path)
+    server = serve_mlflow(port, tmp_path)
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "BENCH_CACHE": str(tmp_path / "cache")}
     run = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "run", "--model", "dcgan", "--budget", "25s",
                             "--set", "ngf=8", "--set", "ndf=8", "--set", "batch_size=16", "--set",
@@ -475,7 +466,7 @@ def test_a_tracking_outage_costs_no_training_and_loses_nothing(tmp_path):
         os.killpg(server.pid, signal.SIGTERM)  # the server goes away ...
         server.wait(timeout=30)
         time.sleep(8)  # ... for longer than the client's retries (~3 s a call)
-        server = _serve(port, tmp_path)  # and comes back, same store
+        server = serve_mlflow(port, tmp_path)  # and comes back, same store
         _, err = run.communicate(timeout=300)
         assert run.returncode == 0, err[-3000:]
         assert "tracking server unreachable" in err and "Traceback" not in err

@@ -111,3 +111,26 @@ def test_images_smaller_than_the_metric_input_are_scored_with_a_warning(celeba, 
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "10 of the images in" in proc.stderr and "(the smallest 1x1): upscaled to 64x64" in proc.stderr, \
         proc.stderr[-2000:]
+
+
+def test_a_file_size_limit_ends_the_run_failed_in_one_line_with_path_and_errno(tmp_path):
+    """ulimit -f below the size of a checkpoint (the store and the data stay below it): the write is refused
+    with EFBIG. One line naming the file and the errno, the run FAILED with that reason, no .partial left."""
+    import resource
+
+    limit = 16 * 2**20  # a default dcgan checkpoint is ~76 MB; the SQLite store ~1 MB
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run([sys.executable, "-m", "benchmark.cli", "run", "--model", "dcgan", "--set", "batch_size=16",
+                           "--set", "synthetic_images=64", "--set", "eval.samples=0", "--set", "eval.grid=4", "--set",
+                           "eval.points=1", "--budget", "32img", "--experiment-name", "limited", "--quiet"],
+                          capture_output=True, text=True, timeout=300, preexec_fn=limited)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith("error: cannot write ") and "last.pt" in lines[0] and "(EFBIG)" in lines[0], lines
+    client = MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("limited").experiment_id])
+    assert run.info.status == "FAILED" and run.data.tags["failure_reason"] == lines[0].removeprefix("error: ")
+    assert not list(tmp_path.rglob("*.partial"))

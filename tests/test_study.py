@@ -7,6 +7,7 @@ import sys
 import time
 
 import optuna
+import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
@@ -26,7 +27,7 @@ def _study_cmd(storage, name, trials, *extra):
             "--storage", storage, *TINY_TRIAL, "--quiet", *extra]
 
 
-def _check_study(storage, name, trials):
+def _check_study(storage, name, trials, storage_param=None):
     study = optuna.load_study(study_name=name, storage=study_mod.open_storage(storage))
     done = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
     assert len(study.trials) == len(done) == trials
@@ -38,7 +39,7 @@ def _check_study(storage, name, trials):
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == trials
     assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == list(range(trials))
-    assert parent.data.params["storage"] == storage and parent.data.params["sampler"] == "tpe"
+    assert parent.data.params["storage"] == (storage_param or storage) and parent.data.params["sampler"] == "tpe"
     assert "best_value" in parent.data.metrics and "best_lr_g" in parent.data.metrics
     # no metric in the shipped space: the one that leads at the trials' N (4 < 2,000) is the objective
     assert parent.data.params["metric"] == "kid_mean"
@@ -67,13 +68,58 @@ def postgres(postgres_server):
     return postgres_server("optuna")
 
 
-def test_six_trials_two_workers_on_postgresql(postgres):
+PASSWORD = "S3cret-pw"
+
+
+def test_six_trials_two_workers_on_postgresql_with_the_password_shown_nowhere(postgres):
+    """The storage URL carries a password (the server trusts any; a real one checks it): it must not appear in
+    what the study prints, logs, records in MLflow, or puts on its workers' command lines (ps)."""
+    url = postgres.replace("postgres@", f"postgres:{PASSWORD}@")
+    masked = postgres.replace("postgres@", "postgres:***@")
     baseline = ["--enqueue", "lr_g=3e-4", "--enqueue", "beta2=0.99"]  # a known-good point, tried first
-    bench(*_study_cmd(postgres, "pg", 5, "--workers", "2", *baseline))
-    bench(*_study_cmd(postgres, "pg", 6, "--workers", "2", *baseline))  # topping up does not enqueue it again
-    study = _check_study(postgres, "pg", 6)
-    (first,) = [t for t in study.trials if t.params["lr_g"] == 3e-4]
-    assert first.number == 0 and first.params["one_minus_beta2"] == pytest.approx(0.01)
+    first = subprocess.Popen([sys.executable, "-m", "benchmark.cli", *_study_cmd(url, "pg", 5, "--workers", "2",
+                                                                                  *baseline)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    workers = {}  # the processes the study started: their command lines are anyone's to read
+    while first.poll() is None:
+        try:
+            for child in psutil.Process(first.pid).children(recursive=True):
+                workers[child.pid] = " ".join(child.cmdline())
+        except psutil.Error:  # a worker that ended between the listing and the look
+            pass
+        time.sleep(0.2)
+    out, err = first.communicate()
+    assert first.returncode == 0, err[-3000:]
+    assert sum("--worker-of" in line for line in workers.values()) >= 2, workers  # the workers (and their forks)
+    command_lines = set(workers.values())
+    second = bench(*_study_cmd(url, "pg", 6, "--workers", "2", *baseline))  # a top-up does not enqueue it again
+    study = _check_study(url, "pg", 6, storage_param=masked)
+    (first_trial,) = [t for t in study.trials if t.params["lr_g"] == 3e-4]
+    assert first_trial.number == 0 and first_trial.params["one_minus_beta2"] == pytest.approx(0.01)
+    assert f"optuna-dashboard {masked}" in second.stdout
+    client = MlflowClient()
+    recorded = [str(v) for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
+                for v in (*r.data.params.values(), *r.data.tags.values())]
+    for where, text in {"stdout": out + second.stdout, "stderr": err + second.stderr,
+                        "MLflow params and tags": "\n".join(recorded), "ps": "\n".join(command_lines)}.items():
+        assert PASSWORD not in text, where
+
+
+def test_credentials_in_urls_are_masked_and_broken_storage_is_one_line(postgres_server):
+    from conftest import free_port
+
+    lines = {}
+    for name, args in {
+        "tracking server": ["sync", "0123abcd", "--tracking-uri", f"http://u:{PASSWORD}@127.0.0.1:{free_port()}"],
+        "missing driver": _study_cmd(f"postgresql+pg8000://u:{PASSWORD}@127.0.0.1:5432/db", "x", 1),
+        "unreachable storage": _study_cmd(f"postgresql+psycopg2://u:{PASSWORD}@127.0.0.1:{free_port()}/db", "x", 1),
+    }.items():
+        proc = bench(*args, check=False, timeout=120)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, (name, proc.stderr[-2000:])
+        assert PASSWORD not in proc.stdout + proc.stderr and "u:***@" in proc.stderr, (name, proc.stderr)
+        lines[name] = proc.stderr.strip().splitlines()
+        assert len(lines[name]) == 1, (name, lines[name])
+    assert "driver" in lines["missing driver"][0] and "cannot be opened" in lines["unreachable storage"][0]
 
 
 def test_a_trial_that_spent_its_budget_is_complete_however_far_behind(tmp_path):

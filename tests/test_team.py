@@ -3,10 +3,12 @@
 
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import urllib.request
 
+import psutil
 from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, bench, bench_inprocess, free_port
@@ -15,17 +17,26 @@ SMALL = ["--set", "batch_size=16", "--set", "eval.samples=6", "--set", "eval.rea
          "eval.points=2", "--set", "eval.grid=4", "--set", "ngf=8", "--set", "ndf=8", "--set", "wgan-gp:n_critic=2"]
 
 
+PASSWORD = "S3cret-pw"
+
+
 def test_a_two_worker_compare_logs_everything_through_a_team_server(postgres_server, celeba, tmp_path):
+    """Served on every interface, on purpose, from a database URL with a password (the test server trusts any):
+    a warning, an address clients can reach (never 0.0.0.0), and the password nowhere (output, ps)."""
     port = free_port()
     artifacts = tmp_path / "server-artifacts"
-    server = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "server", "--port", str(port),
-                               "--backend-store-uri", postgres_server("mlflow"), "--artifacts-destination",
-                               str(artifacts)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                              start_new_session=True)
+    backend = postgres_server("mlflow").replace("postgres@", f"postgres:{PASSWORD}@")
+    server = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "server", "--host", "0.0.0.0", "--port",
+                               str(port), "--backend-store-uri", backend, "--artifacts-destination", str(artifacts)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         line = server.stdout.readline()  # printed once the server answers
+        told = f"http://{socket.getfqdn()}:{port}"
+        assert line.startswith(f"tracking server at {told} ") and f"export MLFLOW_TRACKING_URI={told}" in line
+        assert "postgres:***@" in line and PASSWORD not in line, line
+        started = [" ".join(p.cmdline()) for p in psutil.Process(server.pid).children(recursive=True)]
+        assert any("mlflow" in line for line in started) and not any(PASSWORD in line for line in started), started
         uri = f"http://127.0.0.1:{port}"
-        assert line.startswith(f"tracking server at {uri} ") and f"export MLFLOW_TRACKING_URI={uri}" in line
         assert urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200
 
         proc = bench("compare", "--models", "dcgan,wgan-gp", "--budget", "32img", "--data", str(celeba), *SMALL,
@@ -46,7 +57,8 @@ def test_a_two_worker_compare_logs_everything_through_a_team_server(postgres_ser
             "dcgan-32img-s0.log", "wgan-gp-32img-s0.log"]
     finally:
         os.killpg(server.pid, 15)
-        server.wait(timeout=30)
+        _, err = server.communicate(timeout=30)
+    assert "warning: serving on 0.0.0.0" in err and PASSWORD not in err, err
     assert server.returncode == 0  # bench server stopped on SIGTERM, and mlflow with it:
     try:
         urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
@@ -85,3 +97,16 @@ def test_print_commands_runs_spec_files_and_seeds_per_model(capsys):
     code, out, err = bench_inprocess("compare", "--models", "dcgan", "--budget", "5m", "--seeds", "1,ddpm=2",
                                      "--print-commands", capsys=capsys)
     assert code != 0 and "'ddpm' is not in --models" in err
+
+
+def test_bench_ui_on_every_interface_warns_and_tells_a_reachable_address():
+    port = free_port()
+    ui = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "ui", "--host", "0.0.0.0", "--port", str(port)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        line = ui.stdout.readline()
+    finally:
+        os.killpg(ui.pid, 15)
+        _, err = ui.communicate(timeout=30)
+    assert line.startswith(f"open http://{socket.getfqdn()}:{port}/"), (line, err[-2000:])
+    assert "warning: serving on 0.0.0.0" in err

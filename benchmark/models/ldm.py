@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from benchmark import distributed
+from benchmark.atomic import atomic_write, save_torch
 from benchmark.data import Prepared, cache_root
 from benchmark.device import autocast
 from benchmark.errors import UserError
@@ -171,10 +172,8 @@ class LDM:
                 latents = distributed.all_rows(torch.cat(mine), len(data))
                 seconds, flops = time.perf_counter() - start, len(data) * self._encoder_flops()
                 if w.main:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    torch.save({"latents": latents, "seconds": seconds * w.size, "flops": flops},
-                               path.with_suffix(".partial"))
-                    path.with_suffix(".partial").replace(path)
+                    with atomic_write(path) as tmp:
+                        save_torch({"latents": latents, "seconds": seconds * w.size, "flops": flops}, tmp)
                 # the seconds are inside this training step's measured time already
                 self.charges.append({"stage": self.stage, "images": 0, "seconds": 0.0, "flops": flops})
         if self.scale is None:
