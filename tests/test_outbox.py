@@ -123,9 +123,10 @@ def test_a_poisoned_item_and_a_torn_line_are_set_aside_and_the_rest_is_delivered
             proc.wait()
         queues = cache / "runs" / run_id / "outbox"
         # two machines claim the crashed run at the same moment: exactly one wins
-        at = time.time() + 5
+        at = time.time() + 10
+        # each holds its claim a while: one that starts late finds the winner alive, not gone
         claim = ("import sys, time; from benchmark.tracking import Tracker; t = Tracker.open(sys.argv[1]); "
-                 "time.sleep(float(sys.argv[2]) - time.time()); t._claim()")
+                 "time.sleep(max(0, float(sys.argv[2]) - time.time())); t._claim(); time.sleep(5)")
         claims = [subprocess.Popen([sys.executable, "-c", claim, run_id, str(at)], stderr=subprocess.PIPE, text=True,
                                    env={**env, "BENCH_CACHE": str(tmp_path / f"machine-{i}")}) for i in range(2)]
         outcomes = sorted((p.wait(timeout=60), p.stderr.read()) for p in claims)

@@ -45,8 +45,9 @@ def test_checkpoints_after_every_step_are_not_charged_as_training():
     """Rank 0 saves while rank 1 would start its next step and wait for it in the gradient all-reduce: unless
     the ranks agree before each step's clock starts, that wait is charged as training (twice: K x the slowest
     step). A wide UNet on 32x32 images, one image per rank: cheap steps, costly checkpoints. Runs of one
-    setting differ by up to ~15% on a shared 2-core VM, so each setting runs twice and its fastest run counts
-    (contention only ever adds time)."""
+    setting differ by up to ~15% on a shared 2-core VM (more beside another test's processes), so each setting
+    runs twice and its fastest run counts (contention only ever adds time), and the margin is the saves
+    themselves: charging them adds K x their time (2x here), not charging them adds none."""
     wide = [*TINY_DDPM, "--set", "ch=64", "--set", "resolution=32", "--set", "batch_size=2", "--budget", "48img",
             "--nproc", "2"]
     for i in range(2):
@@ -58,9 +59,9 @@ def test_checkpoints_after_every_step_are_not_charged_as_training():
     assert all(m["steps"] == 24 for m in quiet + busy)
     saving = min(m["checkpoint_seconds"] for m in busy)
     fastest = min(m["device_hours"] for m in quiet) * 3600
-    assert saving > 0.2 * fastest  # what charging the saves would add is far beyond the tolerance
-    ratio = min(m["device_hours"] for m in busy) * 3600 / fastest
-    assert ratio == pytest.approx(1.0, abs=0.10), (ratio, saving, fastest)
+    assert saving > 0.2 * fastest  # the saves are a large part of the run
+    excess = min(m["device_hours"] for m in busy) * 3600 - fastest  # 2 x saving were they charged
+    assert excess < saving, (excess, saving, fastest)
 
 
 def test_ldm_on_two_ranks_trains_both_stages_as_one_process_does():
