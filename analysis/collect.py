@@ -106,7 +106,8 @@ def _eval_points(client: MlflowClient, experiment: str, run) -> list[dict]:
         "inception_precision": tags.get("metrics.inception_precision", "fp32"),
         "dataset_fingerprint": tags.get("dataset_fingerprint"),
     }
-    return [{**base, **values} for step, values in sorted(by_step.items()) if "fid" in values]
+    scored = [values for _, values in sorted(by_step.items()) if "fid" in values]
+    return [{**base, **values, "point": i} for i, values in enumerate(scored)]  # point: the eval point's index
 
 
 def _number(text):

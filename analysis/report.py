@@ -84,18 +84,25 @@ def _scaling_table(df: pd.DataFrame, axis: str, project_to: float, targets: list
     name = tables.METRIC_NAMES[metric]
     rows = {}
     for model, runs in df.groupby("model", sort=True):
-        fitted = scaling.fit(runs[axis], runs[metric])
+        fitted = scaling.fit(runs[axis], runs[metric], points=runs["point"] if "point" in runs else None)
         if fitted is None:
-            rows[model] = {"fit": f"too few eval points ({len(runs)}; need 4 at distinct costs)"}
+            points = runs["point"].nunique() if "point" in runs else len(runs)
+            rows[model] = {"fit": f"too few eval points ({points}; need 4 at distinct costs)"}
             continue
+        measured = runs[axis].max()
+        bounds = fitted.on_bounds
+        undetermined = f"not determined by the data ({', '.join(bounds)}: on a bound of the fit)"
         at, lo, hi = fitted.fid_at(project_to)
-        row = {"fit": f"{name} = {fitted.a_raw:.3g} c^-{fitted.b:.3g} + {fitted.e:.3g} ({fitted.points} points)",
-               f"{name} at {project_to:g} {tables.COST_AXES[axis]} (extrapolated)": f"{at:.4g} [{lo:.4g}, {hi:.4g}]"}
+        row = {"fit": f"{name} = {fitted.a_raw:.3g} c^-{fitted.b:.3g} + {fitted.e:.3g} ({fitted.points} points)"
+                      + (f"; {', '.join(bounds)} on a bound" if bounds else ""),
+               f"{name} at {project_to:g} {tables.COST_AXES[axis]} (extrapolated)": (
+                   undetermined if bounds else "beyond 1000x the measured cost" if project_to > 1000 * measured
+                   else f"{at:.4g} [{lo:.4g}, {hi:.4g}]")}
         for t in targets:
             cost, lo, hi = fitted.cost_for(t)
-            measured = runs[axis].max()
             row[f"cost to {name} {t:g} (extrapolated)"] = (
-                "never (the fitted floor is above)" if math.isinf(cost)
+                undetermined if bounds
+                else "never (the fitted floor is above)" if math.isinf(cost)
                 else "beyond 1000x the measured cost" if cost > 1000 * measured
                 else f"{cost:.3g} [{lo:.3g}, {hi:.3g}]")
         rows[model] = row
@@ -107,7 +114,12 @@ def _scaling_table(df: pd.DataFrame, axis: str, project_to: float, targets: list
 def lead_metric(part: pd.DataFrame) -> str:
     """The table column of the metric that leads at this set's N (metrics.leading_metric): KID x 1000 below
     SMALL_N samples, where FID is biased upwards, else FID."""
-    return "kid_x1000" if leading_metric(int(part["eval_samples"].iloc[0])) == "kid_mean" else "fid"
+    return "kid_x1000" if leading_metric(int(part["eval_samples"].iloc[0]), _real_n(part)) == "kid_mean" else "fid"
+
+
+def _real_n(part: pd.DataFrame) -> int | None:
+    real = part["real_samples"].iloc[0] if "real_samples" in part else float("nan")
+    return None if pd.isna(real) else int(real)
 
 
 def _metric_set(part: pd.DataFrame, tag: str, out: Path, project_to: float) -> list[str]:
@@ -115,9 +127,11 @@ def _metric_set(part: pd.DataFrame, tag: str, out: Path, project_to: float) -> l
     figures = out / "figures"
     lead = lead_metric(part)
     name, n = tables.METRIC_NAMES[lead], int(part["eval_samples"].iloc[0])
-    why = (f"N = {n} generated images: below {SMALL_N:,} FID is biased upwards (Binkowski et al. 2018), so KID "
-           "(unbiased; mean ± its std over 100 subsets, x 1000) leads and FID is shown beside it as a trend."
-           if lead == "kid_x1000" else f"N = {n} generated images: FID leads, KID is shown beside it.")
+    real = _real_n(part)
+    sizes = f"N = {n} generated" + (f" vs {real} real" if real is not None else "") + " images"
+    why = (f"{sizes}: below {SMALL_N:,} (the smaller set decides) FID is biased upwards (Binkowski et al. 2018), "
+           "so KID (unbiased; mean ± its std over 100 subsets, x 1000) leads and FID is shown beside it as a trend."
+           if lead == "kid_x1000" else f"{sizes}: FID leads, KID is shown beside it.")
     curves = ("A row is one training spec (a curve); several seeds of it give mean ± spread over seeds; "
               "specs of one family that differ are rows labelled by what differs.")
     flag = f" (biased upwards at N = {n}: a trend)" if lead == "kid_x1000" else ""

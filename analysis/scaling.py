@@ -10,6 +10,13 @@ from dataclasses import dataclass
 import numpy as np
 
 B_GRID = np.linspace(0.01, 3.0, 300)
+UNDETERMINED = 0.10  # share of bootstrap refits with a parameter on a bound above which a fit says so
+
+
+def _bounded(params: np.ndarray) -> np.ndarray:
+    """(k, 3) parameter rows (a, b, e) -> (k, 3) booleans: a = 0, b at an end of its grid, e = 0."""
+    a, b, e = params[:, 0], params[:, 1], params[:, 2]
+    return np.stack([a <= 1e-12, (b <= B_GRID[0]) | (b >= B_GRID[-1]), e <= 1e-12], axis=1)
 
 
 def power_law(c, a, b, e):
@@ -27,6 +34,18 @@ class Fit:
     points: int
     samples: np.ndarray  # bootstrap parameter draws (k, 3), for intervals
     scale: float = 1.0
+
+    @property
+    def on_bounds(self) -> list[str]:
+        """Why the data do not determine the curve, if they do not: a parameter on a bound of the fit (a = 0:
+        no gain with cost seen; e = 0: no floor seen; b at either end of its grid), or in at least
+        UNDETERMINED of the bootstrap refits. A projection from such a fit is the bounds', not the data's."""
+        best = _bounded(np.array([[self.a, self.b, self.e]]))[0]
+        said = [name for name, on in zip(("a = 0", f"b = {self.b:g}", "e = 0"), best, strict=True) if on]
+        refits = float(_bounded(self.samples).any(axis=1).mean())
+        if refits >= UNDETERMINED:
+            said.append(f"{refits:.0%} of bootstrap refits on a bound")
+        return said
 
     @property
     def a_raw(self) -> float:
@@ -53,15 +72,18 @@ class Fit:
         return invert(self.a, self.b, self.e), *map(float, np.percentile(draws, [5, 95], method="nearest"))
 
 
-def fit(costs, fids, bootstrap: int = 100, seed: int = 0) -> Fit | None:
-    """Least-squares fit in FID with a, e >= 0 and b in (0, 3]; None with fewer than 4 points (3 parameters)."""
+def fit(costs, fids, bootstrap: int = 100, seed: int = 0, points=None) -> Fit | None:
+    """Least-squares fit in FID with a, e >= 0 and b in (0, 3]; None with fewer than 4 distinct cost points (3
+    parameters). `points` names each row's eval point: the seeds of one curve at one eval point are one cost
+    point, however their device-hours jitter."""
     from scipy.optimize import nnls
 
     c = np.asarray(costs, dtype=float)
     y = np.asarray(fids, dtype=float)
     keep = (c > 0) & np.isfinite(y)
     c, y = c[keep], y[keep]
-    if len(c) < 4 or len(np.unique(c)) < 4:
+    distinct = len(np.unique(np.asarray(points)[keep])) if points is not None else len(np.unique(c))
+    if len(c) < 4 or distinct < 4:
         return None
     scale = float(c.max())
     c = c / scale

@@ -11,6 +11,7 @@ import sys
 import urllib.request
 
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -167,6 +168,32 @@ def test_scaling_fit_recovers_a_known_power_law():
         covered += lo <= truth <= hi
         assert lo <= estimate <= hi
     assert covered >= 14, covered
+
+
+def test_a_fit_on_the_flat_part_of_a_known_curve_says_so_and_projects_nothing():
+    """FID = 50 c^-0.5 + 20 seen only where it has flattened (its fall smaller than the noise): the parameters
+    are the fit's bounds', not the data's, and the scaling table prints no number from them. The same curve
+    seen where it falls is determined."""
+    from analysis.report import _scaling_table
+
+    flat, steep = np.geomspace(1e4, 3.2e5, 6), np.geomspace(0.1, 3.2, 6)
+    for seed in range(8):
+        noise = np.random.default_rng(seed).normal(0, 0.3, 6)
+        assert scaling.fit(flat, 50 * flat**-0.5 + 20 + noise).on_bounds, seed
+        assert not scaling.fit(steep, 50 * steep**-0.5 + 20 + noise).on_bounds, seed
+    noise = np.random.default_rng(0).normal(0, 0.3, 6)
+    runs = pd.DataFrame({"model": "flat", "device_hours": flat, "fid": 50 * flat**-0.5 + 20 + noise,
+                         "point": range(6)})
+    row = _scaling_table(runs, "device_hours", 1e6, [21.0], "fid").loc["flat"]
+    assert "on a bound" in row["fit"]
+    assert all(v.startswith("not determined by the data") for k, v in row.items() if "extrapolated" in k), row
+
+
+def test_seeds_at_one_eval_point_are_one_cost_point_however_their_costs_jitter():
+    costs = np.array([1.0, 1.01, 2.0, 2.02, 4.0, 4.04])  # two seeds x three eval points
+    fids = 50 * costs**-0.5 + 20
+    assert scaling.fit(costs, fids) is not None  # six distinct costs by jitter alone
+    assert scaling.fit(costs, fids, points=[0, 0, 1, 1, 2, 2]) is None  # three cost points: too few
 
 
 def test_pareto_front_is_exactly_the_non_dominated_points(cmp_table):
