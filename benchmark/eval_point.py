@@ -174,6 +174,7 @@ class EvalPoints:
         tracker.metrics(values, meter.images_seen)
         tracker.flush()
         if "fid" in values:
-            log.info("eval at %d images (%.3g epochs): %s", meter.images_seen, meter.epochs, headline(values, n))
+            log.info("eval at %d images (%.3g epochs): %s", meter.images_seen, meter.epochs,
+                     headline(values, n, len(self.real.pool)))
         if self.on_eval is not None:  # the point's index: the same fraction of the budget in every run of a spec
             self.on_eval(values, meter, index)

@@ -101,9 +101,9 @@ def eval_run(run_id: str, samples: int | None = None, device_name: str = "auto",
         tracker.metrics({f"{k}{suffix}": v for k, v in values.items()}, step)
         tracker.flush()
         log.info("run %s at %d images: %s; logged into that run as fid%s, kid_mean%s, ... at step %d", run_id, step,
-                 headline(values, n), suffix, suffix, step)
+                 headline(values, n, len(real.pool)), suffix, suffix, step)
         return {"run_id": run_id, "images_seen": step, "logged_as": f"fid{suffix}", "bn": sampling_bn(model),
-                "leads": leading_metric(n), **values, "kid_x1000": 1000 * values["kid_mean"]}
+                "leads": leading_metric(n, len(real.pool)), **values, "kid_x1000": 1000 * values["kid_mean"]}
     sweep = []
     for steps in sampler_steps:
         model.sampler_steps = steps
@@ -134,8 +134,8 @@ def eval_sets(real: str, fake: str, samples: int | None = None, split: str = "tr
     real_feats, cached = evaluator.real_features(real_set, n_real)
     fake_feats = evaluator.features(fake_set.images[:n_fake], desc="fake")
     values = score(fake_feats, real_feats, evaluator.weights)
-    log.info("%s", headline(values, n_fake))
-    return {"leads": leading_metric(n_fake), **values, "kid_x1000": 1000 * values["kid_mean"],
+    log.info("%s", headline(values, n_fake, n_real))
+    return {"leads": leading_metric(n_fake, n_real), **values, "kid_x1000": 1000 * values["kid_mean"],
             "fake_samples": n_fake, "real_samples": n_real, "real_stats_cached": cached,
             "weights_sha256": evaluator.weights.sha256, "inception_precision": evaluator.precision,
             "is": values.get("is", "unavailable"), "inception_images_per_second": evaluator.images_per_second}

@@ -222,17 +222,20 @@ def sampling_bn(model) -> str:
     return getattr(model, "bn", "n/a")
 
 
-def leading_metric(n: int) -> str:
-    """KID leads below SMALL_N samples, where FID is biased upwards (Binkowski et al. 2018); FID above."""
-    return "kid_mean" if n < SMALL_N else "fid"
+def leading_metric(n: int, real: int | None = None) -> str:
+    """KID leads below SMALL_N samples, where FID is biased upwards (Binkowski et al. 2018); FID above. The
+    smaller set decides: FID's covariance of `real` reference images has rank below `real` however many are
+    generated."""
+    return "kid_mean" if min(n, real if real is not None else n) < SMALL_N else "fid"
 
 
-def headline(values: dict[str, float], n: int) -> str:
+def headline(values: dict[str, float], n: int, real: int | None = None) -> str:
     """One line that leads with the metric that is trustworthy at this N and flags the other."""
     kid = f"KID x 1000 = {1000 * values['kid_mean']:.2f} ± {1000 * values['kid_std']:.2f}"
-    if leading_metric(n) == "kid_mean":
-        return f"{kid} (N = {n}: KID leads; FID {values['fid']:.1f} is biased upwards below {SMALL_N:,})"
-    return f"FID = {values['fid']:.2f} (N = {n}), {kid}"
+    sizes = f"N = {n}" if real is None else f"N = {n} generated vs {real} real"
+    if leading_metric(n, real) == "kid_mean":
+        return f"{kid} ({sizes}: KID leads; FID {values['fid']:.1f} is biased upwards below {SMALL_N:,})"
+    return f"FID = {values['fid']:.2f} ({sizes}), {kid}"
 
 
 def provenance(evaluator: Evaluator, n_fake: int, n_real: int, reference: str, bn: str = "n/a") -> dict[str, str]:

@@ -256,16 +256,37 @@ def parent_run(opts: StudyOptions, space: dict, metric: str) -> str:
 
 def study_space(opts: StudyOptions) -> tuple[dict[str, dict], str]:
     """The study's space and objective, for trials built from the family's defaults under its --set overrides
-    (a bad --set fails here); the objective defaults to the metric that leads at their eval.samples."""
+    (a bad --set fails here); the objective defaults to the metric that leads at their eval.samples and
+    eval.real_samples (the smaller decides)."""
     _, defaults = family(opts.model)
     spec = build_spec(opts.model, defaults, {}, opts.overrides, {"budget": opts.trial_budget})
-    return load_space(opts.space_file, defaults, spec.eval["samples"])
+    return load_space(opts.space_file, defaults, min(spec.eval["samples"], spec.eval["real_samples"]))
+
+
+def keep_objective(study: optuna.Study, opts: StudyOptions, metric: str) -> None:
+    """best_trial compares every trial's value: the objective (metric, and the N that makes it) is stored with
+    the study when it starts, and a top-up whose settings would change it is refused in one line."""
+    _, defaults = family(opts.model)
+    spec = build_spec(opts.model, defaults, {}, opts.overrides, {"budget": opts.trial_budget})
+    wanted = {"metric": metric, "eval_samples": spec.eval["samples"], "real_samples": spec.eval["real_samples"],
+              "direction": "minimize"}
+    stored = study.user_attrs.get("objective")
+    if stored is None:
+        study.set_user_attr("objective", wanted)
+    elif stored != wanted:
+        def said(o: dict) -> str:
+            return f"{o['metric']} at N = {o['eval_samples']} generated vs {o['real_samples']} real"
+
+        raise UserError(f"study {opts.study_name} compares its trials on {said(stored)}; these settings give "
+                        f"{said(wanted)}: keep the study's eval.samples and eval.real_samples, or name a new "
+                        "--study-name")
 
 
 def run_worker(opts: StudyOptions, parent_id: str, progress: bool = False) -> None:
     """Run trials until the study has opts.trials counted trials."""
     space, metric = study_space(opts)
     study = load_study(opts)
+    keep_objective(study, opts, metric)
     experiment = opts.experiment_name or f"study-{opts.model}"
     worker = me()
 
@@ -336,6 +357,7 @@ def _run_trial(study, trial, space, metric, opts, experiment, parent_id, progres
         reason = f"{type(err).__name__}: {err}"
         log.warning("trial %d failed: %s", trial.number, reason)
         trial.set_user_attr("fail_reason", reason)
+        _spent(trial, run_ids)
         study.tell(trial, state=TrialState.FAIL)
         state = "FAIL"
     if run_ids:
@@ -343,6 +365,16 @@ def _run_trial(study, trial, space, metric, opts, experiment, parent_id, progres
         client.set_tag(run_ids[0], "optuna.state", state)
         client.log_metric(run_ids[0], "optuna_trial_number", trial.number)
     log.info("trial %d %s %s", trial.number, state, values)
+
+
+def _spent(trial: optuna.Trial, run_ids: list[str]) -> None:
+    """What a trial that failed before its last eval point spent, from its run's record (the loop tags it on
+    every way out): tuning cost counts failed trials too."""
+    if run_ids:
+        tags = mlflow.tracking.MlflowClient().get_run(run_ids[0]).data.tags
+        for key in ("device_hours", "pflops"):
+            if key in tags:
+                trial.set_user_attr(key, float(tags[key]))
 
 
 def finalize(opts: StudyOptions, parent_id: str) -> dict[str, Any]:
@@ -420,6 +452,7 @@ def run_study(opts: StudyOptions, workers: int = 1, progress: bool = True) -> di
     space, metric = study_space(opts)
     make_sampler(opts.sampler, None), make_pruner(opts.pruner)  # fail early on bad names
     study = load_study(opts)
+    keep_objective(study, opts, metric)
     if opts.enqueue:  # once: a re-run that tops the study up finds it there and adds nothing
         study.enqueue_trial(enqueued_params(opts.enqueue, space), skip_if_exists=True)
     parent_id = parent_run(opts, space, metric)

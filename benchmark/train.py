@@ -211,9 +211,13 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
             batch = _to_float(np.asarray(data.images[mine]))
             # the step's own collectives (gradients, BatchNorm) are inside; an exception here ends this process,
             # and the launcher stops the others (they wait in a collective this rank never reaches)
-            losses = model.train_step(batch, indices=mine, fraction=budget.fraction_spent(meter), data=data)
-            step = distributed.step_consensus(time.perf_counter() - start, bool(stop), losses,
-                                              diverged(losses, meter))
+            try:
+                losses = model.train_step(batch, indices=mine, fraction=budget.fraction_spent(meter), data=data)
+                step = distributed.step_consensus(time.perf_counter() - start, bool(stop), losses,
+                                                  diverged(losses, meter))
+            except (Diverged, distributed.PeerFailed):  # the step ran all the same: its time counts in what was spent
+                meter.add_step(n, time.perf_counter() - start, 0.0)  # (its FLOPs would need the broken nets)
+                raise
             if step.stopping and not stop:
                 stop.append(signal.SIGTERM)  # another rank was told to stop: all stop at this step
             flops = n * model.flops_per_train_image()
@@ -249,5 +253,9 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
         bar.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        # what the run spent, on every way out (a failed study trial counts in its tuning cost); tags, not
+        # metric rows: set again by a resume, never doubled
+        tracker.tags({"device_hours": f"{meter.device_hours:.6g}", "pflops": f"{meter.pflops:.6g}",
+                      "images_seen": meter.images_seen})
         tracker.flush()
     return meter

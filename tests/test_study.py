@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from benchmark import study as study_mod
 from benchmark.errors import UserError
+from benchmark.metrics import headline
 from benchmark.models.dcgan import DEFAULTS
 from conftest import ROOT, bench
 
@@ -61,6 +62,18 @@ def test_six_trials_two_workers_on_a_journal_file_one_diverging(tmp_path):
     (failed,) = [t for t in study.trials if t.state == TrialState.FAIL]
     assert failed.params["lr_d"] == 1e30 and "diverged" in failed.user_attrs["fail_reason"]
     assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 5  # a failed trial does not end a study
+    # it diverged before its eval point, yet what it spent is in the tuning cost
+    assert failed.user_attrs["device_hours"] > 0
+    client = MlflowClient()
+    (parent,) = client.search_runs([client.get_experiment_by_name("study-dcgan").experiment_id],
+                                   filter_string="tags.`study.parent` = 'true'")
+    assert parent.data.metrics["tuning_device_hours"] == pytest.approx(
+        sum(t.user_attrs["device_hours"] for t in study.trials))
+    # the study keeps its objective: a top-up that would compare its trials on FID instead is one line
+    proc = bench(*_study_cmd(storage, "journal", 7, "--set", "eval.samples=2000", "--set", "eval.real_samples=2000"),
+                 check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "compares its trials on kid_mean" in proc.stderr
+    assert len(optuna.load_study(study_name="journal", storage=study_mod.open_storage(storage)).trials) == 6
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +206,21 @@ def test_enqueued_settings_must_lie_in_the_space():
     for bad, message in (("beta2=0.5", "lies in"), ("z_dim=50", "one of the space's"), ("lr_g", "KEY=VALUE")):
         with pytest.raises(UserError, match=message):
             study_mod.enqueued_params((bad,), space)
+
+
+def test_the_smaller_of_generated_and_real_images_decides_the_objective():
+    """2,000 generated images against the default 256 real ones: FID's reference covariance has rank < 256,
+    so KID leads, in the eval line and as the study's objective; with 2,000 of each FID does."""
+    def objective(*overrides):
+        opts = study_mod.StudyOptions(model="dcgan", trials=1, trial_budget="32img", study_name="n", storage="j.log",
+                                      space_file=str(ROOT / "experiments" / "studies" / "dcgan.toml"),
+                                      overrides=overrides)
+        return study_mod.study_space(opts)[1]
+
+    assert objective("eval.samples=2000") == "kid_mean"
+    assert objective("eval.samples=2000", "eval.real_samples=2000") == "fid"
+    line = headline({"fid": 80.0, "kid_mean": 0.05, "kid_std": 0.001}, 2000, 256)
+    assert line.startswith("KID x 1000 = 50.00") and "N = 2000 generated vs 256 real: KID leads" in line
 
 
 def test_shipped_space_is_valid_and_beta2_is_log_scaled_on_one_minus():
