@@ -43,9 +43,9 @@ def _tracking(uri: str | None, check: bool = True) -> None:
 
 
 def _models_help() -> str:
-    from benchmark.models import ALIASES, FAMILIES
+    from benchmark.catalog import ALIASES, DESCRIPTIONS
 
-    lines = [f"{name}: {desc}" for name, (_, _, desc) in FAMILIES.items()]
+    lines = [f"{name}: {desc}" for name, desc in DESCRIPTIONS.items()]
     return "; ".join(lines + [f"{name}: {desc}" for name, (_, _, desc) in ALIASES.items()])
 
 
@@ -345,10 +345,14 @@ def data_info(path, split, resolution) -> None:
 def study(model, trials, trial_budget, study_name, storage, workers, sampler, pruner, space_file, data, overrides,
           seed, enqueue, experiment_name, worker_of, device, tracking_uri, quiet) -> None:
     """Tune learning rates and Adam betas with Optuna at a fixed budget per trial, pruning hopeless trials."""
+    import optuna
+
     from benchmark import study as study_mod
     from benchmark.budget import Budget
 
     _setup_logging(quiet)
+    if quiet:  # Optuna sets its own logger to INFO when it is first used
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     _tracking(tracking_uri)
     Budget.parse(trial_budget)
     space_file = space_file or str(Path(__file__).resolve().parents[1] / "experiments" / "studies" / f"{model}.toml")

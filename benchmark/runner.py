@@ -24,7 +24,7 @@ from benchmark.models import family
 from benchmark.outbox import unreachable
 from benchmark.saved_run import open_run
 from benchmark.spec import RunSpec, build_spec
-from benchmark.tracking import Silent, Tracker, environment_tags, runs_table_url
+from benchmark.tracking import Silent, Tracker, answering_ui, environment_tags, runs_table_url
 from benchmark.train import Interrupted, train
 
 log = logging.getLogger(__name__)
@@ -77,12 +77,15 @@ def start(spec: RunSpec, device_name: str = "auto", experiment_name: str | None 
                             prepared.resolution)
             write_text(tracker.dir / "spec.toml", spec.to_toml())
             tracker.publish("spec.toml")
-            log.info("MLflow run %s; runs table: %s", tracker.run_id,
-                     runs_table_url("http://127.0.0.1:5000", tracker.experiment_id))
+            ui = answering_ui()
+            log.info("MLflow run %s; %s", tracker.run_id,
+                     f"runs table: {runs_table_url(ui, tracker.experiment_id)}" if ui else
+                     "`bench ui` opens its runs table")
             _lead(tracker, spec, precision)
             if on_tracker is not None:
                 on_tracker(tracker)
             _train_tracked(spec, cls, device, precision, prepared, tracker, progress, on_eval)
+    tracker.tidy()
     return tracker.run_id
 
 
@@ -167,6 +170,7 @@ def resume(run_id: str, device_name: str = "auto", progress: bool = True, restar
         _lead(tracker, spec, precision, spent)
         with ended(tracker):
             _train_tracked(spec, cls, device, precision, prepared, tracker, progress, spent=spent)
+    tracker.tidy()
     return run_id
 
 
@@ -243,8 +247,7 @@ def _train_tracked(spec: RunSpec, cls: type, device: torch.device, precision: st
         meter = train(spec, model, prepared, tracker, progress, on_eval, spent)
     if not distributed.world().main:
         return
-    tracker.tags({"final_checkpoint": checkpoint.LAST, "images_seen": meter.images_seen,
-                  "device_hours": f"{meter.device_hours:.6f}"})
+    tracker.tags({"final_checkpoint": checkpoint.LAST})  # what it spent: tagged by train() on every way out
     try:
         _summarize(spec, prepared, precision, meter, tracker)
     except MlflowException as err:  # trained and checkpointed: an absent server must not fail the run
@@ -265,7 +268,8 @@ def _summarize(spec: RunSpec, prepared: data_mod.Prepared, precision: str, meter
     final, tags = run.data.metrics, run.data.tags
     cost = f"{meter.images_seen:,} images ({meter.epochs:.2f} epochs), {meter.device_hours:.4f} device-hours"
     over = overshoot(spec, meter)
-    scored = headline(final, int(final["eval_samples"])) if "eval_samples" in final else ""
+    real = int(tags["metrics.real_samples"]) if "metrics.real_samples" in tags else None
+    scored = headline(final, int(final["eval_samples"]), real) if "eval_samples" in final else ""
     made = (f"Scored on Inception pool3 features ({tags.get('metrics.weights_origin', '?')}, "
             f"{tags.get('metrics.inception_precision', 'fp32')}), "
             f"{tags.get('metrics.eval_samples')} generated vs {tags.get('metrics.real_samples')} real images of "

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.budget import Budget
-from benchmark.errors import UserError
+from benchmark.errors import UserError, did_you_mean
 
 # Fields every run has, with their defaults. Family hyperparameters come from the family's DEFAULTS.
 COMMON: dict[str, Any] = {
@@ -29,7 +29,7 @@ COMMON: dict[str, Any] = {
 EVAL: dict[str, Any] = {
     "samples": 64,  # generated images per evaluation; 0 turns metrics off (grids only)
     "real_samples": 256,  # real images behind the cached reference statistics
-    "points": 3,  # log-spaced evaluation points over the budget, the last at its end
+    "points": 4,  # log-spaced evaluation points over the budget, the last at its end (a scaling fit needs 4)
     "grid": 64,  # images in each sample grid
     "batch_size": 64,
     # BatchNorm generators (the GANs' G) sample with: standing statistics recomputed from fresh noise before
@@ -152,12 +152,14 @@ def build_spec(
         if key.startswith("eval."):
             sub = key[5:]
             if sub not in EVAL:
-                raise UserError(f"unknown key {key!r} in {origin}; eval keys: {', '.join(EVAL)}")
+                raise UserError(f"unknown key {key!r} in {origin}; eval keys: {', '.join(EVAL)}"
+                                f"{did_you_mean(key, [f'eval.{k}' for k in EVAL])}")
             eval_values[sub] = _coerce(key, value, EVAL[sub])
         elif key in defaults:
             values[key] = _coerce(key, value, defaults[key])
         else:
-            raise UserError(f"unknown key {key!r} in {origin}; known keys: {', '.join(sorted(defaults))}, eval.*")
+            raise UserError(f"unknown key {key!r} in {origin}; known keys: {', '.join(sorted(defaults))}, eval.*"
+                            f"{did_you_mean(key, [*defaults, *(f'eval.{k}' for k in EVAL)])}")
 
     experiment = dict(experiment or {})
     experiment.pop("model", None)

@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from benchmark import checkpoint
 from benchmark.data import cache_root
-from benchmark.errors import UserError
+from benchmark.errors import UserError, did_you_mean
 from benchmark.liveness import alive, me
 from benchmark.outbox import DEAD_LETTER, Outbox, Tally, unreachable
 from benchmark.redact import masked
@@ -264,6 +264,12 @@ class Tracker:
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+    def tidy(self) -> None:
+        """A FINISHED run keeps its last checkpoint only (the one before it serves a resume, which a finished run
+        never has) and no lock file."""
+        checkpoint.previous(self.dir / checkpoint.LAST).unlink(missing_ok=True)
+        (self.dir / "checkpoints" / "run.lock").unlink(missing_ok=True)
 
     def _deliver_earlier(self) -> Tally:
         """Hand the server what earlier processes of this run left on this machine, oldest first."""
@@ -557,9 +563,22 @@ def find_experiments(names: list[str], client: MlflowClient | None = None) -> li
     missing = [n for n in wanted if n not in found]
     if missing:
         have = sorted(n for n in found if n not in ("Default", "reports"))
-        raise UserError(f"no MLflow experiment named {', '.join(missing)} in {mlflow.get_tracking_uri()}; it has: "
-                        f"{', '.join(have) or 'none yet'}")
+        raise UserError(f"no MLflow experiment named {', '.join(missing)} in {masked(mlflow.get_tracking_uri())}; it "
+                        f"has: {', '.join(have) or 'none yet'}{did_you_mean(missing[0], have)}")
     return [found[n] for n in dict.fromkeys(wanted)]
+
+
+def answering_ui(local: str = "http://127.0.0.1:5000") -> str | None:
+    """Where the runs can be looked at now: a tracking server serves its own UI; for a local store, a `bench ui`
+    on its default port if one answers. None: an address printed now would lead nowhere."""
+    uri = mlflow.get_tracking_uri()
+    if urlparse(uri).scheme in ("http", "https"):
+        return masked(uri)
+    try:
+        with urllib.request.urlopen(f"{local}/health", timeout=0.5):
+            return local
+    except OSError:
+        return None
 
 
 def runs_table_url(base: str, experiment_id: str) -> str:

@@ -11,7 +11,11 @@ from conftest import bench, bench_inprocess
     (["run", "--budget", "-1h"], "bad budget '-1h'"),
     (["run", "--budget", "0ep"], "must be positive"),
     (["run", "--model", "stylegan9"], "unknown model 'stylegan9'"),
+    (["run", "--model", "dcgn"], "did you mean 'dcgan'?"),
     (["run", "--set", "lr_gg=1"], "unknown key 'lr_gg'"),
+    (["run", "--set", "eval.sample=8"], "did you mean 'eval.samples'?"),
+    (["run", "--set", "samples=8"], "did you mean 'eval.samples'?"),
+    (["report", "--experiment", "dcgn"], "no MLflow experiment named dcgn"),
     (["run", "--set", "batch_size=big"], "batch_size must be int"),
     (["run", "--spec", "missing.toml"], "spec file not found"),
     (["run", "--resume", "0123456789abcdef"], "no MLflow run"),
@@ -78,3 +82,11 @@ def test_every_command_has_help_and_every_option_says_what_it_does():
 
     walk(cli, [])
     assert not missing, missing
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--help"], ["run", "--help"], ["study", "--help"]])
+def test_version_and_help_import_neither_torch_nor_mlflow(args):
+    """They answer in a blink: the model list comes from a catalog without code (python -X importtime)."""
+    proc = bench(*args, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    imported = {line.rpartition("|")[2].strip() for line in proc.stderr.splitlines() if line.startswith("import time")}
+    assert "click" in imported and not imported & {"torch", "mlflow", "numpy"}, sorted(imported)[:20]

@@ -18,29 +18,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmark.errors import UserError
+from benchmark.catalog import ALIASES, DESCRIPTIONS
+from benchmark.errors import UserError, did_you_mean
 from benchmark.models import dcgan, ddpm, ldm, wgan_gp
 
-# name: (class, spec defaults, what it is); each module's HELP says what its keys mean
+# name: (class, spec defaults, what it is)
 FAMILIES = {
-    "dcgan": (dcgan.DCGAN, dcgan.DEFAULTS, "the seed's DCGAN (Radford et al. 2016): BCE, Adam, z=100"),
-    "wgan-gp": (wgan_gp.WGANGP, wgan_gp.DEFAULTS, "DCGAN backbone, Wasserstein loss + gradient penalty "
-                "(Gulrajani et al. 2017), critic without BatchNorm, n_critic 5"),
-    "ddpm": (ddpm.DDPM, ddpm.DEFAULTS, "pixel-space diffusion (Ho et al. 2020): UNet, EMA, DDPM or DDIM sampling"),
-    "ldm": (ldm.LDM, ldm.DEFAULTS, "latent diffusion (Rombach et al. 2022): KL autoencoder f=4 (64x64x3 -> "
-            "16x16x4) trained in the same run, then a UNet on its latents"),
-}
-# The user's own words: names that stand for a family with a spec file's settings.
-ALIASES = {
-    "diffusion": ("ldm", "seed-ldm.toml", "the seed report's latent diffusion as it wrote it "
-                  "(ldm with experiments/seed-ldm.toml: batch 5, lr 3e-4, 40 epochs)"),
+    "dcgan": (dcgan.DCGAN, dcgan.DEFAULTS, DESCRIPTIONS["dcgan"]),
+    "wgan-gp": (wgan_gp.WGANGP, wgan_gp.DEFAULTS, DESCRIPTIONS["wgan-gp"]),
+    "ddpm": (ddpm.DDPM, ddpm.DEFAULTS, DESCRIPTIONS["ddpm"]),
+    "ldm": (ldm.LDM, ldm.DEFAULTS, DESCRIPTIONS["ldm"]),
 }
 
 
 def family(name: str) -> tuple[type, dict[str, Any]]:
     """The family class and its hyperparameter defaults; an unknown name is a UserError."""
     if name not in FAMILIES:
-        raise UserError(f"unknown model {name!r}; choose from: {', '.join([*FAMILIES, *ALIASES])}")
+        raise UserError(f"unknown model {name!r}; choose from: {', '.join([*FAMILIES, *ALIASES])}"
+                        f"{did_you_mean(name, [*FAMILIES, *ALIASES])}")
     cls, defaults, _ = FAMILIES[name]
     return cls, defaults
 
