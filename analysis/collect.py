@@ -41,7 +41,7 @@ def collect(experiments: list[str] | None = None, client: MlflowClient | None = 
             rows += _eval_points(client, exp.name, run)
             params[run.info.run_id] = run.data.params
     columns = ["run_id", "run_name", "model", "family", "curve", "alias", "bn", "experiment", "status", "spec_hash",
-               *HYPER, "parent_run", *PROVENANCE, *[m for m in METRICS if m != "eval_samples"],
+               "hardware", "point", *HYPER, "parent_run", *PROVENANCE, *[m for m in METRICS if m != "eval_samples"],
                "kid_x1000", "kid_x1000_std"]
     df = pd.DataFrame(rows, columns=columns)
     df["kid_x1000"], df["kid_x1000_std"] = 1000 * df["kid_mean"], 1000 * df["kid_std"]
@@ -105,9 +105,20 @@ def _eval_points(client: MlflowClient, experiment: str, run) -> list[dict]:
         # runs scored before features had a precision computed them in fp32
         "inception_precision": tags.get("metrics.inception_precision", "fp32"),
         "dataset_fingerprint": tags.get("dataset_fingerprint"),
+        "hardware": hardware(tags),
     }
     scored = [values for _, values in sorted(by_step.items()) if "fid" in values]
     return [{**base, **values, "point": i} for i, values in enumerate(scored)]  # point: the eval point's index
+
+
+def hardware(tags: dict[str, str]) -> str:
+    """What a run's device-hours were measured on: device, cores and threads it had, ranks. Runs made before
+    cores and threads were tagged say only their device."""
+    text = tags.get("device", "unknown device").partition(":")[2] or tags.get("device", "unknown device")
+    if "cores" in tags:
+        text += f", {tags['cores']} cores, {tags.get('threads', '?')} threads"
+    ranks = int(tags.get("world_size", "1"))
+    return text + (f", {ranks} ranks" if ranks > 1 else "")
 
 
 def _number(text):

@@ -111,6 +111,14 @@ def _scaling_table(df: pd.DataFrame, axis: str, project_to: float, targets: list
     return table
 
 
+def by_hardware(part: pd.DataFrame) -> pd.DataFrame:
+    """The table for the device-hours axis: where runs differ in hardware, a curve becomes a row per hardware
+    (device-hours measured on one machine say nothing of another's)."""
+    if "hardware" not in part or part["hardware"].nunique(dropna=False) < 2:
+        return part
+    return part.assign(model=part["model"] + " on " + part["hardware"].fillna("unknown hardware"))
+
+
 def lead_metric(part: pd.DataFrame) -> str:
     """The table column of the metric that leads at this set's N (metrics.leading_metric): KID x 1000 below
     SMALL_N samples, where FID is biased upwards, else FID."""
@@ -135,31 +143,37 @@ def _metric_set(part: pd.DataFrame, tag: str, out: Path, project_to: float) -> l
     curves = ("A row is one training spec (a curve); several seeds of it give mean ± spread over seeds; "
               "specs of one family that differ are rows labelled by what differs.")
     flag = f" (biased upwards at N = {n}: a trend)" if lead == "kid_x1000" else ""
+    machines = sorted(part["hardware"].dropna().unique()) if "hardware" in part else []
+    if len(machines) > 1:
+        curves += (" Device-hours depend on the hardware, so on that axis each curve is a row per hardware "
+                   f"({'; '.join(machines)}); FLOPs and images pool them.")
     sections = [f"<p class='note lead'>{html.escape(why)} {html.escape(curves)}</p>"]
     targets = _targets(part, lead)
+    whole, timed = part, by_hardware(part)
     for axis in ("device_hours", "pflops"):
         unit = tables.COST_AXES[axis]
+        data = timed if axis == "device_hours" else whole
         sections.append(_table(f"{lead}_at_equal_{axis}{tag}", f"{name} at equal cost ({unit})",
-                               tables.quality_at_equal_cost(part, axis, metric=lead), out,
+                               tables.quality_at_equal_cost(data, axis, metric=lead), out,
                                f"{why} Interpolated linearly in log-cost between eval points; empty = not measured "
                                f"at that budget (never extrapolated). {curves}"))
         if lead != "fid":
             sections.append(_table(f"fid_at_equal_{axis}{tag}", f"FID at equal cost ({unit}){flag}",
-                                   tables.quality_at_equal_cost(part, axis, metric="fid"), out,
+                                   tables.quality_at_equal_cost(data, axis, metric="fid"), out,
                                    f"FID at N = {n} is biased upwards: it ranks runs made the same way at best."))
         sections.append(_table(f"cost_to_reach_{axis}{tag}", f"Cost ({unit}) to reach a {name}",
-                               tables.cost_to_reach_table(part, targets, axis, lead), out,
+                               tables.cost_to_reach_table(data, targets, axis, lead), out,
                                f"First cost at which the interpolated {name} reaches the target; empty = not reached."))
         sections.append(_table(f"pareto_{axis}{tag}", f"Pareto front: {name} vs {unit}",
-                               tables.pareto_front(part, axis, lead).set_index("model"), out,
+                               tables.pareto_front(data, axis, lead).set_index("model"), out,
                                "Eval points no other point beats on both."))
-        sections.append(_img(plots.quality_vs_cost(part, axis, figures / f"{lead.split('_')[0]}_vs_{axis}{tag}.png",
+        sections.append(_img(plots.quality_vs_cost(data, axis, figures / f"{lead.split('_')[0]}_vs_{axis}{tag}.png",
                                                    lead)))
     if lead != "fid":
-        sections.append(_img(plots.quality_vs_cost(part, "device_hours", figures / f"fid_vs_device_hours{tag}.png",
+        sections.append(_img(plots.quality_vs_cost(timed, "device_hours", figures / f"fid_vs_device_hours{tag}.png",
                                                    "fid", flag)))
     else:
-        sections.append(_img(plots.quality_vs_cost(part, "device_hours", figures / f"kid_vs_device_hours{tag}.png",
+        sections.append(_img(plots.quality_vs_cost(timed, "device_hours", figures / f"kid_vs_device_hours{tag}.png",
                                                    "kid_x1000")))
     sections.append(_table(f"pareto_sampling{tag}", f"Pareto front: {name} vs sampling seconds per image",
                            tables.pareto_front(part, "sample_seconds_per_image", lead).set_index("model"), out,
@@ -169,12 +183,12 @@ def _metric_set(part: pd.DataFrame, tag: str, out: Path, project_to: float) -> l
                                                         lead)))
     sections.append(_table(f"final{tag}", "Every run at the end of its budget",
                            tables.final_points(part)[["model", "run_name", "budget", "seed", "images_seen",
-                                                      "epochs", "device_hours", "pflops", "sample_nfe",
+                                                      "epochs", "device_hours", "hardware", "pflops", "sample_nfe",
                                                       "sample_seconds_per_image", "kid_x1000", "kid_x1000_std",
                                                       "fid", "precision", "recall", "bn"]].set_index("model"), out,
                            f"{why} bn: the BatchNorm statistics the GANs sampled with (n/a: no BatchNorm)."))
     sections.append(_table(f"scaling{tag}", f"Scaling fit and projections of {name} (EXTRAPOLATION)",
-                           _scaling_table(part, "device_hours", project_to, targets, lead), out,
+                           _scaling_table(timed, "device_hours", project_to, targets, lead), out,
                            f"{name}(c) = a c^-b + e fitted per curve over its eval points; [5%, 95%] from a residual "
                            "bootstrap. Beyond the measured costs: a projection, not a measurement."))
     return sections

@@ -64,7 +64,7 @@ def start(spec: RunSpec, device_name: str = "auto", experiment_name: str | None 
         "spec_hash": spec.hash(),
         **({"autoencoder_reused": spec.autoencoder_run} if spec.values.get("autoencoder_run") else {}),
         "mlflow.note.content": description(spec, prepared),
-        **({"world_size": w.size} if w.size > 1 else {}),
+        "world_size": w.size,
         **({"batchnorm_sync": f"global batch over {w.size} ranks" if spec.sync_batchnorm else "each rank's slice"}
            if w.size > 1 and "sync_batchnorm" in spec.values else {}),
         **(extra_tags or {}),

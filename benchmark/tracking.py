@@ -525,10 +525,15 @@ def cpu_model() -> str:
 
 
 def environment_tags(device: torch.device) -> dict[str, str]:
+    """What a run's device-hours depend on (the device, the cores and threads it had) beside its versions."""
+    from benchmark.cores import usable
+
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_model()} x{os.cpu_count()}"
     return {
         "git_commit": git_commit(),
         "device": f"{device.type}:{name}",
+        "cores": str(usable()),
+        "threads": str(torch.get_num_threads()),
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
     }

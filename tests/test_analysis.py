@@ -37,8 +37,8 @@ def store(tmp_path_factory, celeba, bench_cache):
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "BENCH_CACHE": str(bench_cache),
            "TORCH_HOME": str(folder / "torch-home")}
 
-    def bench(*args, check=True):
-        proc = subprocess.run([sys.executable, "-m", "benchmark.cli", *args], cwd=folder, env=env,
+    def bench(*args, check=True, prefix=()):
+        proc = subprocess.run([*prefix, sys.executable, "-m", "benchmark.cli", *args], cwd=folder, env=env,
                               capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0 or not check, proc.stderr[-3000:]
         return proc
@@ -52,13 +52,15 @@ def store(tmp_path_factory, celeba, bench_cache):
     bench("run", "--model", "dcgan", "--budget", "32img", "--data", str(celeba), "--experiment-name", "other-n",
           "--set", "ngf=8", "--set", "ndf=8", "--set", "batch_size=16", "--set", "eval.samples=6",
           "--set", "eval.real_samples=16", "--set", "eval.points=1", "--set", "eval.precision=bf16", "--quiet")
-    # curves: two seeds of one dcgan spec, another spec, and a study trial (left out of curves by default)
+    # curves: two seeds of one dcgan spec (the second on one core only: other hardware), another spec, and a
+    # study trial (left out of curves by default)
     curve = ["--model", "dcgan", "--budget", "64img", "--data", str(celeba), "--experiment-name", "curves",
              "--set", "ngf=8", "--set", "ndf=8", "--set", "batch_size=16", "--set", "eval.samples=8",
              "--set", "eval.real_samples=16", "--set", "eval.points=2", "--set", "eval.grid=4", "--set",
              "eval.precision=fp32", "--quiet"]
-    for extra in (["--seed", "0"], ["--seed", "1"], ["--seed", "0", "--set", "lr_g=2e-4"]):
-        bench("run", *curve, *extra)
+    for extra, prefix in ((["--seed", "0"], ()), (["--seed", "1"], ("taskset", "-c", "0")),
+                          (["--seed", "0", "--set", "lr_g=2e-4"], ())):
+        bench("run", *curve, *extra, prefix=prefix)
     bench("study", *[a for a in curve if a != "--budget" and a != "64img"], "--trial-budget", "64img",
           "--trials", "1", "--pruner", "none", "--storage", str(folder / "journal.log"))
     return {"uri": uri, "folder": folder, "bench": bench, "experiment_id": exp.experiment_id, "client": client,
@@ -82,6 +84,21 @@ def test_a_curve_is_one_spec_its_seeds_pooled_and_trials_stay_out(store):
         assert not any("seeds" in cell for cell in single) and any("±" in cell for cell in single)  # KID's own std
     with_trials = collect(["curves"], store["client"], include_trials=True)
     assert with_trials["run_id"].nunique() == 4 and with_trials["model"].nunique() == 3
+
+
+def test_device_hours_of_other_hardware_are_never_pooled_but_flops_are(store, tmp_path):
+    """The two seeds of one spec ran on 2 cores and on 1 (taskset -c 0): on the device-hours axis the report
+    gives each hardware its own row and names both; on FLOPs they are one curve, mean ± spread."""
+    store["bench"]("report", "--experiment", "curves", "--out", str(tmp_path / "r"))
+    timed = pd.read_csv(tmp_path / "r" / "tables" / "kid_x1000_at_equal_device_hours.csv", index_col=0)
+    counted = pd.read_csv(tmp_path / "r" / "tables" / "kid_x1000_at_equal_pflops.csv", index_col=0)
+    rows = [m for m in timed.index if m.startswith("dcgan lr_g=0.0001 on ")]
+    assert len(rows) == 2 and any(", 1 cores," in m for m in rows) and not any("seeds" in str(c) for c in
+                                                                                 timed.loc[rows].to_numpy().ravel())
+    assert "dcgan lr_g=0.0001" in counted.index
+    assert any("(n=2 seeds)" in str(c) for c in counted.loc["dcgan lr_g=0.0001"])
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert "Device-hours depend on the hardware" in page and all(m.partition(" on ")[2] in page for m in rows)
 
 
 def test_sampling_steps_sweep_logs_fid_against_steps(store):
