@@ -44,14 +44,12 @@ class Tally:
     dead: int = 0
     torn: int = 0
     left: int = 0
-    ends: list[dict] | None = None  # the `end` items delivered (a resume keeps their reasons as history)
 
     def add(self, other: Tally) -> None:
         self.delivered += other.delivered
         self.dead += other.dead
         self.torn += other.torn
         self.left += other.left
-        self.ends = [*(self.ends or []), *(other.ends or [])]
 
 
 class Queue:
@@ -87,7 +85,8 @@ class Queue:
         lines = self.path.read_bytes().split(b"\n")
         if lines and lines[-1] == b"":
             lines.pop()
-        for index, raw in enumerate(lines[self.handled():], start=self.handled()):
+        handled = self.handled()
+        for index, raw in enumerate(lines[handled:], start=handled):
             text = raw.decode(errors="replace")
             try:
                 item = json.loads(text)
@@ -121,9 +120,6 @@ class Outbox:
     def earlier(self) -> list[Queue]:
         return [Queue(p) for p in sorted(self.folder.glob("*.jsonl")) if p.name not in (self.own.path.name,
                                                                                          DEAD_LETTER)]
-
-    def waiting_elsewhere(self) -> int:
-        return sum(len(q.pending()) for q in self.earlier())
 
     def send(self, item: dict) -> None:
         """Deliver now, or keep it (after whatever waits already: the order is the server's history)."""
@@ -165,7 +161,7 @@ class Outbox:
         return total
 
     def _deliver_queue(self, queue: Queue) -> Tally:
-        tally = Tally(ends=[])
+        tally = Tally()
         pending = queue.pending()
         if not pending:
             queue.remove()
@@ -178,7 +174,7 @@ class Outbox:
                 tally.torn += 1
                 self._dead(item, None, queue)
             elif item["kind"] == "checkpoint" and index != newest:
-                pass
+                continue  # superseded: no count of its own (a kill here only skips it again)
             else:
                 try:
                     self.deliver(item)
@@ -190,8 +186,6 @@ class Outbox:
                     self._dead(item, err, queue)
                 else:
                     tally.delivered += 1
-                    if item["kind"] == "end":
-                        tally.ends.append(item)
             queue.mark(index + 1)
         queue.remove()
         return tally

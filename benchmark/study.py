@@ -258,16 +258,20 @@ def study_space(opts: StudyOptions) -> tuple[dict[str, dict], str]:
     """The study's space and objective, for trials built from the family's defaults under its --set overrides
     (a bad --set fails here); the objective defaults to the metric that leads at their eval.samples and
     eval.real_samples (the smaller decides)."""
+    spec = _trial_spec(opts)
+    return load_space(opts.space_file, family(opts.model)[1], min(spec.eval["samples"], spec.eval["real_samples"]))
+
+
+def _trial_spec(opts: StudyOptions):
+    """A trial's spec before the sampler's values: the family's defaults under the study's --set overrides."""
     _, defaults = family(opts.model)
-    spec = build_spec(opts.model, defaults, {}, opts.overrides, {"budget": opts.trial_budget})
-    return load_space(opts.space_file, defaults, min(spec.eval["samples"], spec.eval["real_samples"]))
+    return build_spec(opts.model, defaults, {}, opts.overrides, {"budget": opts.trial_budget})
 
 
 def keep_objective(study: optuna.Study, opts: StudyOptions, metric: str) -> None:
     """best_trial compares every trial's value: the objective (metric, and the N that makes it) is stored with
     the study when it starts, and a top-up whose settings would change it is refused in one line."""
-    _, defaults = family(opts.model)
-    spec = build_spec(opts.model, defaults, {}, opts.overrides, {"budget": opts.trial_budget})
+    spec = _trial_spec(opts)
     wanted = {"metric": metric, "eval_samples": spec.eval["samples"], "real_samples": spec.eval["real_samples"],
               "direction": "minimize"}
     stored = study.user_attrs.get("objective")
