@@ -91,10 +91,10 @@ def _scaling_table(df: pd.DataFrame, axis: str, project_to: float, targets: list
             continue
         measured = runs[axis].max()
         bounds = fitted.on_bounds
-        undetermined = f"not determined by the data ({', '.join(bounds)}: on a bound of the fit)"
+        undetermined = f"not determined by the data (on a bound of the fit: {', '.join(bounds)})"
         at, lo, hi = fitted.fid_at(project_to)
         row = {"fit": f"{name} = {fitted.a_raw:.3g} c^-{fitted.b:.3g} + {fitted.e:.3g} ({fitted.points} points)"
-                      + (f"; {', '.join(bounds)} on a bound" if bounds else ""),
+                      + (f"; on a bound of the fit: {', '.join(bounds)}" if bounds else ""),
                f"{name} at {project_to:g} {tables.COST_AXES[axis]} (extrapolated)": (
                    undetermined if bounds else "beyond 1000x the measured cost" if project_to > 1000 * measured
                    else f"{at:.4g} [{lo:.4g}, {hi:.4g}]")}

@@ -44,7 +44,7 @@ class Fit:
         said = [name for name, on in zip(("a = 0", f"b = {self.b:g}", "e = 0"), best, strict=True) if on]
         refits = float(_bounded(self.samples).any(axis=1).mean())
         if refits >= UNDETERMINED:
-            said.append(f"{refits:.0%} of bootstrap refits on a bound")
+            said.append(f"{refits:.0%} of bootstrap refits")
         return said
 
     @property

@@ -438,6 +438,9 @@ def compare(models, budget, data, seeds, overrides, experiment_name, out, worker
     if print_commands:
         runs = compare_mod.plan(names, budget, data, seeds, tuple(overrides))
         experiment_name = experiment_name or compare_mod.default_name()
+        if any(spec.eval["samples"] == "auto" for _, _, spec in runs):
+            click.echo("# eval.samples = auto: each job picks its N on its own device; add --set eval.samples=N "
+                       "(and eval.real_samples) for one N across the models")
         for typed, extra, spec in runs:
             click.echo(shlex.join(compare_mod.run_command(typed, extra, spec, experiment_name, device)))
         click.echo(f"# then, with the same MLflow store: bench report --experiment {experiment_name}")

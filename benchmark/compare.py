@@ -100,6 +100,58 @@ def plan(models: list[str], budget: str, data: str | None, seeds: int | str, ove
     return runs
 
 
+def one_eval_size(runs: list, experiment_name: str, device: str) -> list:
+    """A report compares like with like: eval.samples = auto is settled once for every model of a compare, as
+    the N its finished runs have, or the smallest N auto picks for any of its models here (each model's own
+    sampling cost); each run then gets it as --set, so a re-run finds its finished runs' specs unchanged."""
+    from dataclasses import replace
+    from functools import partial
+
+    from benchmark import eval_size, runner
+    from benchmark.device import pick_device, resolve_precision
+    from benchmark.models import family
+
+    if not any("auto" in (spec.eval["samples"], spec.eval["real_samples"]) for _, _, spec in runs):
+        return runs
+    earlier = finished_eval_sizes(experiment_name)
+    if earlier:
+        n, real = earlier
+    else:
+        device_ = pick_device(device)
+        data = runner.prepare_data(runs[0][2], False)
+        chosen = {}
+        for typed, _, spec in runs:
+            if typed not in chosen:
+                cls, _ = family(spec.model)
+                precision = resolve_precision(spec.precision, device_)
+                sized, line = eval_size.resolve(spec, partial(cls, spec, device_, precision), device_, data)
+                chosen[typed] = sized.eval["samples"]
+                if line:
+                    log.info("%s: %s", typed, line)
+        n = min(chosen.values())
+        real = eval_size.real_samples(n, len(data))
+        log.info("every model of %s is scored on eval.samples = %d vs eval.real_samples = %d", experiment_name, n,
+                 real)
+    pinned = [f"eval.samples={n}", f"eval.real_samples={real}"]
+    return [(typed, [*extra, *pinned], replace(spec, eval={**spec.eval, "samples": n, "real_samples": real}))
+            for typed, extra, spec in runs]
+
+
+def finished_eval_sizes(experiment_name: str) -> tuple[int, int] | None:
+    """(eval.samples, eval.real_samples) of the experiment's finished runs, if it has any."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return None
+    runs = client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'", max_results=1)
+    if not runs or "eval.real_samples" not in runs[0].data.params:
+        return None
+    params = runs[0].data.params
+    return int(params["eval.samples"]), int(params["eval.real_samples"])
+
+
 def run_command(typed: str, model_overrides: list[str], spec, experiment_name: str, device: str) -> list[str]:
     """The `bench run` line of one (model, seed) of a compare: what a worker runs, or a cluster's scheduler."""
     cmd = ["bench", "run", *(["--spec", typed, "--tag", f"model_alias={alias(typed)}"] if is_spec_file(typed) else
@@ -117,8 +169,8 @@ def compare(models: list[str], budget: str, data: str | None, seeds: int | str, 
     from analysis.report import build
     from benchmark import runner
 
-    runs = plan(models, budget, data, seeds, overrides)
     experiment_name = experiment_name or default_name()
+    runs = one_eval_size(plan(models, budget, data, seeds, overrides), experiment_name, device)
     out = Path(out) if out else Path("reports") / experiment_name
     done = finished(experiment_name)
     named = [(run_name(typed, spec), (typed, extra, spec)) for typed, extra, spec in runs]

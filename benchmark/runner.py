@@ -13,18 +13,19 @@ import optuna
 import torch
 from mlflow.exceptions import MlflowException
 
-from benchmark import checkpoint, distributed
+from benchmark import checkpoint, distributed, eval_size
 from benchmark import data as data_mod
 from benchmark.atomic import write_text
 from benchmark.device import pick_device, precision_reason, resolve_precision
 from benchmark.errors import UserError
 from benchmark.loss_plot import plot_losses
-from benchmark.metrics import headline
+from benchmark.metrics import headline, leading_metric
 from benchmark.models import family
 from benchmark.outbox import unreachable
+from benchmark.runs_view import has_view, run_url, runs_table_url, save_view
 from benchmark.saved_run import open_run
 from benchmark.spec import RunSpec, build_spec
-from benchmark.tracking import Silent, Tracker, answering_ui, environment_tags, runs_table_url
+from benchmark.tracking import Silent, Tracker, answering_ui, environment_tags
 from benchmark.train import Interrupted, train
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,9 @@ def start(spec: RunSpec, device_name: str = "auto", experiment_name: str | None 
     prepared = prepare_data(spec, progress)
     precision = resolve_precision(spec.precision, device)
     log.info("precision %s", precision_reason(spec.precision, precision, device))
+    spec, sized = eval_size.resolve(spec, lambda: cls(spec, device, precision), device, prepared)
+    if sized:
+        log.info("%s", sized)
     tags = {
         **environment_tags(device),
         "budget": spec.budget,
@@ -61,6 +65,7 @@ def start(spec: RunSpec, device_name: str = "auto", experiment_name: str | None 
         "dataset_split": prepared.split,
         "synthetic_data": str(prepared.name == "synthetic").lower(),
         "precision": precision,
+        **({"eval.samples_chosen": sized} if sized else {}),
         "spec_hash": spec.hash(),
         **({"autoencoder_reused": spec.autoencoder_run} if spec.values.get("autoencoder_run") else {}),
         "mlflow.note.content": description(spec, prepared),
@@ -77,10 +82,14 @@ def start(spec: RunSpec, device_name: str = "auto", experiment_name: str | None 
                             prepared.resolution)
             write_text(tracker.dir / "spec.toml", spec.to_toml())
             tracker.publish("spec.toml")
-            ui = answering_ui()
+            if spec.eval["samples"]:
+                save_view(tracker.client, tracker.experiment_id,
+                          leading_metric(spec.eval["samples"], spec.eval["real_samples"]))
+            ui, exp = answering_ui(), tracker.experiment_id
             log.info("MLflow run %s; %s", tracker.run_id,
-                     f"runs table: {runs_table_url(ui, tracker.experiment_id)}" if ui else
-                     "`bench ui` opens its runs table")
+                     f"{run_url(ui, exp, tracker.run_id)}; runs table: "
+                     f"{runs_table_url(ui, exp, has_view(tracker.client, exp))}" if ui else
+                     "run `bench ui` to open its runs table")
             _lead(tracker, spec, precision)
             if on_tracker is not None:
                 on_tracker(tracker)

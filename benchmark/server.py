@@ -17,8 +17,10 @@ from mlflow.tracking import MlflowClient
 
 from benchmark.data import cache_root
 from benchmark.errors import UserError
+from benchmark.metrics import leading_metric
 from benchmark.redact import masked
-from benchmark.tracking import find_experiments, runs_table_url
+from benchmark.runs_view import has_view, runs_table_url, save_view
+from benchmark.tracking import find_experiments
 
 
 def experiment_to_open(name: str | None, client: MlflowClient) -> str | None:
@@ -30,12 +32,27 @@ def experiment_to_open(name: str | None, client: MlflowClient) -> str | None:
     return latest[0].info.experiment_id if latest else None
 
 
+def lead_of(client: MlflowClient, experiment_id: str) -> str:
+    """The metric that leads at the N of the experiment's latest scored run (runs made before saved views)."""
+    runs = client.search_runs([experiment_id], "tags.`metrics.eval_samples` != ''", max_results=1,
+                              order_by=["attributes.start_time DESC"])
+    if not runs:
+        return "kid_mean"
+    tags = runs[0].data.tags
+    return leading_metric(int(tags["metrics.eval_samples"]), int(tags["metrics.real_samples"]))
+
+
 def ui(uri: str, host: str, port: int, experiment: str | None, timeout: float) -> None:
     """`mlflow ui` on uri; prints the runs table's address once it answers."""
-    experiment_id = experiment_to_open(experiment, MlflowClient(uri))
+    client = MlflowClient(uri)
+    experiment_id = experiment_to_open(experiment, client)
     warn_if_open(host, "read (and through the UI, change) runs")
     base = f"http://{reachable(host)}:{port}"
-    where = runs_table_url(base, experiment_id) if experiment_id else f"{base}/ (the store has no runs yet)"
+    if experiment_id:
+        saved = has_view(client, experiment_id) or save_view(client, experiment_id, lead_of(client, experiment_id))
+        where = runs_table_url(base, experiment_id, saved)
+    else:
+        where = f"{base}/ (the store has no runs yet)"
     serve(["ui"], host, port, timeout, f"open {where}", {"MLFLOW_BACKEND_STORE_URI": uri})
 
 

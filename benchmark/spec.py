@@ -27,8 +27,9 @@ COMMON: dict[str, Any] = {
     "synthetic_images": 5000,
 }
 EVAL: dict[str, Any] = {
-    "samples": 64,  # generated images per evaluation; 0 turns metrics off (grids only)
-    "real_samples": 256,  # real images behind the cached reference statistics
+    # generated images per evaluation; 0 turns metrics off (grids only); auto: what ~10% of the budget affords
+    "samples": "auto",
+    "real_samples": "auto",  # real images behind the cached reference statistics; auto: as many (>= 256)
     "points": 4,  # log-spaced evaluation points over the budget, the last at its end (a scaling fit needs 4)
     "grid": 64,  # images in each sample grid
     "batch_size": 64,
@@ -100,8 +101,15 @@ def parse_value(text: str) -> Any:
         return text
 
 
+AUTO = ("eval.samples", "eval.real_samples")  # "auto" or a number of images
+
+
 def _coerce(key: str, value: Any, default: Any) -> Any:
     """Check a value against the type of its default; ints are accepted where floats are expected."""
+    if key in AUTO:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            return value
+        raise UserError(f"{key} must be auto or a number of images (0 or more), got {value!r}")
     expected = type(default)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
@@ -195,8 +203,11 @@ HELP = {
     "log_every": "steps between logged training losses",
     "checkpoint_minutes": "minutes between checkpoints (also at every eval point); 0: after every step",
     "synthetic_images": "images drawn when data = synthetic",
-    "eval.samples": "generated images scored at each eval point; 0: grids only. Below 2,000 KID leads",
-    "eval.real_samples": "real images behind the cached reference statistics",
+    "eval.samples": "generated images scored at each eval point; auto: the largest of 64 ... 50,000 whose "
+                    "evaluations take at most ~10% of the budget on this device, measured at the start; 0: grids only. "
+                    "Below 2,000 KID leads",
+    "eval.real_samples": "real images behind the cached reference statistics; auto: as many as eval.samples, at "
+                         "least 256, capped by the split",
     "eval.points": "log-spaced eval points over the budget (1/8, 1/4, 1/2, 1 for 4), the last at its end",
     "eval.grid": "images in each sample grid (logged as the run's images)",
     "eval.batch_size": "batch for sampling and Inception features",
@@ -219,7 +230,8 @@ def spec_table(model: str, family_defaults: dict[str, Any], family_help: dict[st
     head = ["key", "default", "type", "meaning"] + (["this command line"] if changed else [])
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for key, default in rows:
-        kind = " \\| ".join(map(str, CHOICES[key])) if key in CHOICES else type(default).__name__
+        kind = (" \\| ".join(map(str, CHOICES[key])) if key in CHOICES else "auto \\| int" if key in AUTO
+                else type(default).__name__)
         cells = [f"`{key}`", f"`{_toml_value(default)}`", kind, meanings.get(key, "").replace("|", "\\|")]
         if changed:
             cells.append(f"`{_toml_value(changed[key])}`" if key in changed else "")

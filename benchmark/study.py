@@ -8,6 +8,7 @@ are not kept in storage: every worker builds them from the same options.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -25,9 +26,10 @@ import optuna
 from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
-from benchmark import runner
+from benchmark import eval_size, runner
 from benchmark.cores import worker_env
 from benchmark.data import cache_root
+from benchmark.device import pick_device, resolve_precision
 from benchmark.errors import UserError
 from benchmark.filelock import file_lock
 from benchmark.liveness import alive, me
@@ -268,6 +270,27 @@ def _trial_spec(opts: StudyOptions):
     return build_spec(opts.model, defaults, {}, opts.overrides, {"budget": opts.trial_budget})
 
 
+def pin_eval_size(opts: StudyOptions) -> StudyOptions:
+    """Every trial is scored on one N: eval.samples = auto is settled once, for the whole study, as the N its
+    stored objective names, or (a new study) as auto picks it for one trial here; workers get it as --set."""
+    spec = _trial_spec(opts)
+    if "auto" not in (spec.eval["samples"], spec.eval["real_samples"]):
+        return opts
+    stored = load_study(opts).user_attrs.get("objective")
+    if stored is not None:
+        n, real = stored["eval_samples"], stored["real_samples"]
+    else:
+        device = pick_device(opts.device)
+        precision = resolve_precision(spec.precision, device)
+        cls, _ = family(opts.model)
+        data = runner.prepare_data(spec, False)
+        sized, line = eval_size.resolve(spec, lambda: cls(spec, device, precision), device, data)
+        n, real = sized.eval["samples"], sized.eval["real_samples"]
+        if line:
+            log.info("every trial: %s", line)
+    return dataclasses.replace(opts, overrides=(*opts.overrides, f"eval.samples={n}", f"eval.real_samples={real}"))
+
+
 def keep_objective(study: optuna.Study, opts: StudyOptions, metric: str) -> None:
     """best_trial compares every trial's value: the objective (metric, and the N that makes it) is stored with
     the study when it starts, and a top-up whose settings would change it is refused in one line."""
@@ -453,6 +476,7 @@ def _plots(study: optuna.Study, tracker: Tracker) -> None:
 
 def run_study(opts: StudyOptions, workers: int = 1, progress: bool = True) -> dict[str, Any]:
     """Create or continue the study, run `workers` local processes of it, then summarize into MLflow."""
+    opts = pin_eval_size(opts)
     space, metric = study_space(opts)
     make_sampler(opts.sampler, None), make_pruner(opts.pruner)  # fail early on bad names
     study = load_study(opts)

@@ -584,10 +584,3 @@ def answering_ui(local: str = "http://127.0.0.1:5000") -> str | None:
             return local
     except OSError:
         return None
-
-
-def runs_table_url(base: str, experiment_id: str) -> str:
-    """MLflow 3's UI opens an experiment on an overview page, as GenAI work; the runs table of model training
-    lives here."""
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-

@@ -292,7 +292,7 @@ def test_bench_ui_answers_before_it_says_open_and_shows_names_datasets_and_grids
         line = server.stdout.readline()  # blocks until bench ui prints
         assert urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).status == 200  # already up
         base = f"http://127.0.0.1:{port}/#/experiments/{store['experiment_id']}/runs"
-        assert line.strip() == f"open {base}?workflowType=machine_learning"
+        assert line.strip() == f"open {base}?workflowType=machine_learning&viewStateShareKey=facebench"
 
         def page(url: str) -> str:
             return chromium("--window-size=2400,1400", "--virtual-time-budget=30000", "--dump-dom", url).stdout
@@ -303,6 +303,16 @@ def test_bench_ui_answers_before_it_says_open_and_shows_names_datasets_and_grids
         dom = page(line.split()[1])
         names = set(re.findall(r"(?:dcgan|wgan-gp|ddpm)-128img-s0", dom))
         assert names == {"dcgan-128img-s0", "wgan-gp-128img-s0", "ddpm-128img-s0"}
+        # the address opens on the answer: the leading metric (KID at N = 8) as a column, every run's value,
+        # sorted best first, beside images seen and device-hours
+        kid = column(dom, "metrics.`kid_mean`")
+        final = {r.info.run_id: r.data.metrics["kid_mean"]
+                 for r in store["client"].search_runs([store["experiment_id"]])}
+        assert set(kid) == set(final)
+        for run_id, (_, shown) in kid.items():
+            assert float(shown) == pytest.approx(final[run_id], rel=0.01, abs=1e-3)
+        assert [r for r, _ in sorted(kid.items(), key=lambda item: item[1][0])] == sorted(final, key=final.get)
+        assert set(column(dom, "metrics.`images_seen`")) == set(final) == set(column(dom, "metrics.`device_hours`"))
         fingerprint = store["client"].search_runs([store["experiment_id"]])[0].data.tags["dataset_fingerprint"]
         assert f"celeba ({fingerprint})" in dom  # the Dataset column: name (digest)
         runs = store["client"].search_runs([store["experiment_id"]], order_by=["metrics.fid ASC"])
@@ -327,6 +337,44 @@ def test_bench_ui_answers_before_it_says_open_and_shows_names_datasets_and_grids
         assert "samples~grid%2Bstep%2B0%2B" in src.replace("%7E", "~") and ddpm.info.run_id in src
         artifact = urllib.request.urlopen(f"http://127.0.0.1:{port}/{src.replace('&amp;', '&')}", timeout=10)
         assert artifact.status == 200 and len(artifact.read()) > 100
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+
+
+def column(dom: str, key: str) -> dict[str, tuple[int, str]]:
+    """One column of MLflow's runs table as rendered: run id -> (row on screen, text shown)."""
+    out = {}
+    for chunk in re.split(r'(?=<div[^>]*role="row")', dom):
+        row = re.search(r'row-index="(\d+)" row-id="([0-9a-f]{32})"', chunk[:800])
+        at = chunk.find(f'col-id="{key}"')
+        if row and at >= 0:
+            text = chunk[chunk.index(">", at) + 1 :].split("col-id=")[0].rsplit("<div", 1)[0]
+            out[row.group(2)] = (int(row.group(1)), " ".join(re.sub(r"<[^>]+>", " ", text).split()))
+    return out
+
+
+def test_a_runs_address_opens_the_model_training_layout_with_its_description(store):
+    """The run page the tool links to is MLflow's model-training one (runs, models, registry), not the GenAI
+    one a plain address opens, and shows the description the run wrote."""
+    from benchmark.runs_view import run_url
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "ui", "--port", str(port), "--tracking-uri",
+                               store["uri"]], cwd=store["folder"], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        server.stdout.readline()
+        run = store["client"].get_run(store["ddpm"])
+        url = run_url(f"http://127.0.0.1:{port}", run.info.experiment_id, run.info.run_id)
+        for _ in range(3):
+            text = " ".join(re.sub(r"<[^>]+>", " ", chromium("--window-size=1600,1200", "--virtual-time-budget=30000",
+                                                             "--dump-dom", url).stdout).split())
+            if "Description" in text:
+                break
+        assert "Model registry" in text and "Evaluations" not in text  # the model-training layout
+        described = run.data.tags["mlflow.note.content"].split("\n")[0]
+        assert described.startswith("ddpm on celeba") and described in text
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)

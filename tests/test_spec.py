@@ -47,18 +47,18 @@ def test_hash_changes_with_any_field(override):
     assert build_spec("dcgan", DEFAULTS, overrides=[override]).hash() != base.hash()
 
 
-def test_show_spec_lists_every_key_with_a_meaning_and_the_readme_holds_its_tables(capsys):
+def test_show_spec_lists_every_key_with_a_meaning_and_the_usage_doc_holds_its_tables(capsys):
     from benchmark.models import FAMILIES, key_help
     from benchmark.spec import COMMON, EVAL, spec_table
     from conftest import bench_inprocess
 
-    readme = (ROOT / "README.md").read_text()
+    usage = (ROOT / "docs" / "USAGE.md").read_text()
     for name, (_, defaults, _) in FAMILIES.items():
         table = spec_table(name, defaults, key_help(name))
         rows = [line for line in table.splitlines()[2:]]
         assert len(rows) == len({**COMMON, **defaults}) + len(EVAL)
         assert all(not row.endswith("|  |") for row in rows), [r for r in rows if r.endswith("|  |")]  # a meaning each
-        assert table in readme, f"README's {name} table is stale: paste `bench run --model {name} --show-spec`"
+        assert table in usage, f"docs/USAGE.md's {name} table is stale: paste `bench run --model {name} --show-spec`"
         code, out, err = bench_inprocess("run", "--model", name, "--show-spec", capsys=capsys)
         assert code == 0 and out.strip() == table, err
     # the value the rest of the command line gives a key is shown beside its default

@@ -1,0 +1,48 @@
+"""Where the tool sends people in MLflow's UI. MLflow 3 opens an experiment as GenAI work and its runs table
+on run name, dataset and duration; the address it prints opens the model-training layout on a saved view
+of the experiment (MLflow's own shared-view state, an experiment tag) whose columns are the answer: the
+leading metric, what it cost and the model, sorted by the metric."""
+
+from __future__ import annotations
+
+import json
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+VIEW = "facebench"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW}"  # where MLflow's UI looks up ?viewStateShareKey=facebench
+LAYOUT = "workflowType=machine_learning"  # runs, models, model registry: not traces and judges
+
+
+def view(lead: str) -> dict:
+    """The runs table sorted by the leading metric (kid_mean or fid, lower is better), with it and the cost
+    beside the model."""
+    other = "fid" if lead == "kid_mean" else "kid_mean"
+    columns = ["params.`model`", f"metrics.`{lead}`", f"metrics.`{other}`", "metrics.`images_seen`",
+               "metrics.`device_hours`", "params.`budget`", "attributes.`Dataset`"]
+    return {"orderByKey": f"metrics.`{lead}`", "orderByAsc": True, "selectedColumns": columns}
+
+
+def save_view(client: MlflowClient, experiment_id: str, lead: str) -> bool:
+    """Write (or update) the experiment's saved view; False where the store takes no writes (read-only)."""
+    try:
+        client.set_experiment_tag(experiment_id, VIEW_TAG, json.dumps(view(lead)))
+        return True
+    except (MlflowException, OSError):
+        return False
+
+
+def has_view(client: MlflowClient, experiment_id: str) -> bool:
+    return VIEW_TAG in client.get_experiment(experiment_id).tags
+
+
+def runs_table_url(base: str, experiment_id: str, saved: bool = True) -> str:
+    """The experiment's runs table (on its saved view where it has one)."""
+    share = f"&viewStateShareKey={VIEW}" if saved else ""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{LAYOUT}{share}"
+
+
+def run_url(base: str, experiment_id: str, run_id: str) -> str:
+    """One run's page, in the model-training layout (its plain address opens the GenAI one)."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{LAYOUT}"
