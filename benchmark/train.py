@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -74,6 +75,9 @@ class Interrupted(BaseException):
 
 def _to_float(batch: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(batch).float().div_(127.5).sub_(1.0)
+
+
+WIDE = 180  # columns that fit the bar and its figures (clock, img/s, losses) on one line
 
 
 def clock(meter: Meter, budget, fraction: float) -> str:
@@ -180,7 +184,11 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
         bar.n = int(1000 * fraction)
         status = (f"{clock(meter, budget, fraction)} | {meter.images_seen / max(meter.device_seconds, 1e-9):.1f} "
                   "img/s " + " ".join(f"{k}={v:.3f}" for k, v in losses.items()))
-        bar.bar_format = "{l_bar}{bar}| " + status.replace("{", "{{").replace("}", "}}")
+        if figures.disable:
+            bar.bar_format = "{l_bar}{bar}| " + status.replace("{", "{{").replace("}", "}}")
+        else:  # a narrow terminal: the figures on their own line under the bar, which keeps its width
+            figures.set_description_str(status, refresh=False)
+            figures.refresh()
         bar.refresh()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -188,6 +196,8 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
     # (they are not charged), so a 2m budget reads 2 minutes however long its eval points take.
     bar = tqdm(total=1000, desc=f"{model.name} {budget.text}", unit="‰", disable=not progress,
                initial=int(1000 * budget.fraction_spent(meter)), bar_format="{l_bar}{bar}|")
+    figures = tqdm(total=0, bar_format="  {desc}", leave=False,
+                   disable=not progress or shutil.get_terminal_size().columns >= WIDE)
     last_ckpt = time.monotonic()
     model_train = getattr(model, "train", None)
     if callable(model_train):
@@ -250,6 +260,7 @@ def train(spec: RunSpec, model: Any, data: Prepared, tracker: Tracker, progress:
             error = evaluate(meter, len(fractions) - 1) or distributed.attempt(save_checkpoint)
         distributed.settle(error=error)
     finally:
+        figures.close()
         bar.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

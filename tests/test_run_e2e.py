@@ -95,3 +95,39 @@ def test_dcgan_run_on_celeba_logs_everything_and_reuses_caches(celeba, capsys, c
     assert Image.open(tmp_path / "grid.png").size == (3 * 66 + 2, 2 * 66 + 2)  # 3 columns, 2 rows, 2 px padding
     code, _, err = bench_inprocess("sample", run.info.run_id, "--steps", "10", capsys=capsys)
     assert code != 0 and "one network pass" in err and "Traceback" not in err
+
+
+def test_on_a_narrow_terminal_the_bar_keeps_its_width_and_its_figures_go_under_it():
+    """Through a real pseudo-terminal 100 columns wide: the training bar fills the width and the clock, speed
+    and losses have a line of their own; 250 columns: one line."""
+    import fcntl
+    import os
+    import pty
+    import re
+    import struct
+    import sys
+    import termios
+
+    def frames(columns: int) -> list[str]:
+        pid, fd = pty.fork()
+        if pid == 0:  # the child: bench on the terminal
+            env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}  # the terminal's own size
+            os.execve(sys.executable, [sys.executable, "-m", "benchmark.cli", "run", "--model", "dcgan", "--budget",
+                                       "4s", *TINY[:-1], "--set", "eval.points=1"], env)
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+        out = b""
+        try:
+            while chunk := os.read(fd, 4096):
+                out += chunk
+        except OSError:  # the child closed the terminal
+            pass
+        assert os.waitpid(pid, 0)[1] == 0
+        return [f for f in re.split(r"[\r\n]|\x1b\[A", out.decode(errors="replace")) if f.strip()]
+
+    narrow = frames(100)
+    bars = [f for f in narrow if f.startswith("dcgan 4s:")]
+    assert bars and all(len(f) == 99 and f.endswith("|") for f in bars), bars[-1:]  # the whole width, no figures
+    assert any(f.startswith("  train ") and "img/s" in f and "loss_d=" in f for f in narrow)
+    wide = frames(250)
+    assert any(f.startswith("dcgan 4s:") and "img/s" in f and "loss_d=" in f for f in wide)
+    assert not any(f.startswith("  train ") for f in wide)
