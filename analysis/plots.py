@@ -77,6 +77,22 @@ def quality_vs_sampling_cost(df: pd.DataFrame, path: Path, metric: str = "fid") 
     return _save(fig, path)
 
 
+def best_after_k_trials(curves: dict[str, pd.DataFrame], path: Path, metric: str) -> Path:
+    """Per study: the expected best value after k trials with its 5-95% bootstrap band, against k and against
+    the device-hours k trials cost (Lucic et al. 2018)."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, (by_k, by_cost) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for label, curve in curves.items():
+        for ax, x in ((by_k, "k"), (by_cost, "device_hours")):
+            line, = ax.plot(curve[x], curve["mean"], marker="o", markersize=4, label=label)
+            ax.fill_between(curve[x], curve["lo"], curve["hi"], alpha=0.2, color=line.get_color())
+    name = METRIC_NAMES.get(metric, metric)
+    by_k.set(xlabel="trials k", ylabel=f"expected best {name}", title="best after k trials")
+    by_cost.set(xlabel="device-hours of k trials", title="best against tuning cost")
+    by_k.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def fid_vs_steps(sweeps: pd.DataFrame, path: Path) -> Path:
     """Diffusion: FID of one checkpoint against the number of sampling steps (bench eval --sampler-steps)."""
     sns.set_theme(style="whitegrid", context="notebook")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from analysis import plots, scaling, tables
+from analysis import plots, scaling, tables, tuning
 from analysis.collect import PROVENANCE, collect, comparable
 from benchmark.errors import UserError
 from benchmark.metrics import SMALL_N, leading_metric
@@ -59,25 +59,46 @@ def studies(client: MlflowClient, experiments: list[str] | None) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
-def _img(path: Path) -> str:
+def _img(path: Path, caption: str) -> str:
+    """A figure embedded in the page, with a caption that says what it shows and how it was made."""
     data = base64.b64encode(path.read_bytes()).decode()
-    return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(path.stem)}"><figcaption>' \
-           f'{html.escape(path.stem.replace("_", " "))}</figcaption></figure>'
+    return f'<figure id="fig-{path.stem}"><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">' \
+           f'<figcaption>{html.escape(caption)}</figcaption></figure>'
 
 
-def _table(name: str, title: str, table: pd.DataFrame, out: Path, note: str = "") -> str:
-    """Write tables/<name>.md and .csv; return the HTML section."""
+def _number(v: float) -> str:
+    """Counts as counts (3,968 images, not 3968.0), other values to 4 significant digits."""
+    return f"{v:,.0f}" if float(v).is_integer() and abs(v) < 1e15 else f"{v:.4g}"
+
+
+def _table(name: str, title: str, table: pd.DataFrame, out: Path, note: str = "", caption: str | None = None) -> str:
+    """Write tables/<name>.md and .csv (the .md with the whole note: it is read alone); return the HTML section,
+    captioned with `caption` where the page already said the rest of the note once, at the top."""
     (out / "tables").mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "tables" / f"{name}.csv")
     (out / "tables" / f"{name}.md").write_text(f"# {title}\n\n{note}\n\n{tables.to_markdown(table)}")
-    body = table.to_html(na_rep="", float_format=lambda v: f"{v:.4g}", border=0, classes="table")
+    # the index as a first column: to_html would give its name a header row of its own, empty but for it
+    body = table.reset_index().to_html(index=False, na_rep="", float_format=_number, border=0, classes="table")
     return f'<section class="table-section" id="{name}"><h3>{html.escape(title)}</h3>' \
-           f'<p class="note">{html.escape(note)}</p>{body}</section>'
+           f'<p class="note">{html.escape(caption if caption is not None else note)}</p>{body}</section>'
 
 
-def _targets(df: pd.DataFrame, metric: str) -> list[float]:
+def _targets(df: pd.DataFrame, metric: str) -> tuple[list[float], str]:
+    """Targets inside what was measured: the best value any run reached and the worst value a run ended on,
+    and halfway between (2 significant digits), so every one is reached by some run."""
     finals = tables.final_points(df)[metric]
-    return sorted({float(f"{v:.3g}") for v in (finals.min() * 1.1, finals.median(), finals.max())})
+    best, worst = float(df[metric].min()), float(finals.max())
+    targets = sorted({_round_up(v) for v in (best, (best + worst) / 2, worst)})
+    why = (f"Targets from the measured range: {best:.4g}, the best any run reached, {worst:.4g}, the worst a run "
+           "ended on, and halfway between (rounded up to 2 significant digits, so each is reached).")
+    return targets, why
+
+
+def _round_up(v: float) -> float:
+    if v <= 0:
+        return math.ceil(v * 100) / 100
+    step = 10.0 ** (math.floor(math.log10(v)) - 1)
+    return round(math.ceil(v / step - 1e-9) * step, 12)
 
 
 def _scaling_table(df: pd.DataFrame, axis: str, project_to: float, targets: list[float], metric: str) -> pd.DataFrame:
@@ -119,6 +140,9 @@ def by_hardware(part: pd.DataFrame) -> pd.DataFrame:
     return part.assign(model=part["model"] + " on " + part["hardware"].fillna("unknown hardware"))
 
 
+PR_MIN = 500  # images (the smaller set) below which precision and recall are left out of the tables
+
+
 def lead_metric(part: pd.DataFrame) -> str:
     """The table column of the metric that leads at this set's N (metrics.leading_metric): KID x 1000 below
     SMALL_N samples, where FID is biased upwards, else FID."""
@@ -147,46 +171,69 @@ def _metric_set(part: pd.DataFrame, tag: str, out: Path, project_to: float) -> l
     if len(machines) > 1:
         curves += (" Device-hours depend on the hardware, so on that axis each curve is a row per hardware "
                    f"({'; '.join(machines)}); FLOPs and images pool them.")
-    sections = [f"<p class='note lead'>{html.escape(why)} {html.escape(curves)}</p>"]
-    targets = _targets(part, lead)
+    targets, target_why = _targets(part, lead)
+    sections = [f"<p class='note lead'>{html.escape(why)} {html.escape(curves)} Tables interpolate linearly in "
+                "log-cost between eval points and leave a cell empty where a run did not measure (never "
+                f"extrapolated). {html.escape(target_why)}</p>"]
     whole, timed = part, by_hardware(part)
+    per_hw = " (a row per hardware)" if len(machines) > 1 else ""
     for axis in ("device_hours", "pflops"):
         unit = tables.COST_AXES[axis]
         data = timed if axis == "device_hours" else whole
+        rows = per_hw if axis == "device_hours" else ""
         sections.append(_table(f"{lead}_at_equal_{axis}{tag}", f"{name} at equal cost ({unit})",
                                tables.quality_at_equal_cost(data, axis, metric=lead), out,
                                f"{why} Interpolated linearly in log-cost between eval points; empty = not measured "
-                               f"at that budget (never extrapolated). {curves}"))
+                               f"at that budget (never extrapolated). {curves}",
+                               f"{name} of each curve{rows} at a ladder of {unit} budgets (mean ± spread over seeds, "
+                               f"or ± KID's own std for one seed)."))
         if lead != "fid":
             sections.append(_table(f"fid_at_equal_{axis}{tag}", f"FID at equal cost ({unit}){flag}",
                                    tables.quality_at_equal_cost(data, axis, metric="fid"), out,
                                    f"FID at N = {n} is biased upwards: it ranks runs made the same way at best."))
         sections.append(_table(f"cost_to_reach_{axis}{tag}", f"Cost ({unit}) to reach a {name}",
                                tables.cost_to_reach_table(data, targets, axis, lead), out,
-                               f"First cost at which the interpolated {name} reaches the target; empty = not reached."))
+                               f"First cost at which the interpolated {name} reaches the target; empty = not reached. "
+                               f"{target_why}", f"First {unit} at which each curve's {name} reaches the target; "
+                               "empty = not reached."))
         sections.append(_table(f"pareto_{axis}{tag}", f"Pareto front: {name} vs {unit}",
                                tables.pareto_front(data, axis, lead).set_index("model"), out,
                                "Eval points no other point beats on both."))
         sections.append(_img(plots.quality_vs_cost(data, axis, figures / f"{lead.split('_')[0]}_vs_{axis}{tag}.png",
-                                                   lead)))
+                                                   lead),
+                             f"{name} against {unit}{per_hw if axis == 'device_hours' else ''}: every eval point of "
+                             f"every run, a line per curve, the Pareto front marked; {sizes}."))
     if lead != "fid":
         sections.append(_img(plots.quality_vs_cost(timed, "device_hours", figures / f"fid_vs_device_hours{tag}.png",
-                                                   "fid", flag)))
+                                                   "fid", flag),
+                             f"FID against device-hours, as above; at N = {n} FID is biased upwards: a trend."))
     else:
         sections.append(_img(plots.quality_vs_cost(timed, "device_hours", figures / f"kid_vs_device_hours{tag}.png",
-                                                   "kid_x1000")))
+                                                   "kid_x1000"), "KID x 1000 against device-hours, as above."))
+    finals = tables.final_points(part)
     sections.append(_table(f"pareto_sampling{tag}", f"Pareto front: {name} vs sampling seconds per image",
-                           tables.pareto_front(part, "sample_seconds_per_image", lead).set_index("model"), out,
-                           "Every eval point; sampling cost is per generated image on the run's device."))
-    sections.append(_img(plots.quality_vs_sampling_cost(tables.final_points(part),
+                           tables.pareto_front(finals, "sample_seconds_per_image", lead).set_index("model"), out,
+                           "Each run at the end of its budget; sampling cost is per generated image on the run's "
+                           "device."))
+    sections.append(_img(plots.quality_vs_sampling_cost(finals,
                                                         figures / f"{lead.split('_')[0]}_vs_sampling_cost{tag}.png",
-                                                        lead)))
-    sections.append(_table(f"final{tag}", "Every run at the end of its budget",
-                           tables.final_points(part)[["model", "run_name", "budget", "seed", "images_seen",
-                                                      "epochs", "device_hours", "hardware", "pflops", "sample_nfe",
-                                                      "sample_seconds_per_image", "kid_x1000", "kid_x1000_std",
-                                                      "fid", "precision", "recall", "bn"]].set_index("model"), out,
-                           f"{why} bn: the BatchNorm statistics the GANs sampled with (n/a: no BatchNorm)."))
+                                                        lead),
+                         f"{name} at the end of each run against the seconds it takes to sample one image on its "
+                         "device (log scale): the price of quality at generation time."))
+    columns = ["model", "run_name", "budget", "seed", "images_seen", "epochs", "device_hours", "hardware", "pflops",
+               "sample_nfe", "sample_seconds_per_image", "kid_x1000", "kid_x1000_std", "fid", "precision", "recall",
+               "bn"]
+    smaller = min(n, real) if real is not None else n
+    if smaller < PR_MIN:  # k-NN manifolds of a few hundred points: every sample lands outside them
+        columns = [c for c in columns if c not in ("precision", "recall")]
+        pr = (f" Precision and recall are left out: at N = {smaller:,} (below {PR_MIN:,}) their k-nearest-neighbour "
+              "manifolds (Kynkäänniemi et al. 2019) are too sparse to mean much; each run logs them in MLflow.")
+    else:
+        pr = (" Precision: the share of samples inside the real images' manifold (fidelity); recall: the share of real "
+              "images inside the samples' (diversity).")
+    sections.append(_table(f"final{tag}", "Every run at the end of its budget", finals[columns].set_index("model"),
+                           out, f"{why} bn: the BatchNorm statistics the GANs sampled with (n/a: no BatchNorm).{pr}",
+                           f"bn: the BatchNorm statistics the GANs sampled with (n/a: no BatchNorm).{pr}"))
     sections.append(_table(f"scaling{tag}", f"Scaling fit and projections of {name} (EXTRAPOLATION)",
                            _scaling_table(timed, "device_hours", project_to, targets, lead), out,
                            f"{name}(c) = a c^-b + e fitted per curve over its eval points; [5%, 95%] from a residual "
@@ -203,6 +250,9 @@ def build(out: Path, experiments: list[str] | None = None, group: bool = False, 
         raise UserError("no runs with FID to report" + (f" in {', '.join(experiments)}" if experiments else ""))
     out = Path(out)
     figures = out / "figures"
+    pooled = sorted(df["experiment"].dropna().unique())
+    if not experiments:  # every experiment of the store: say which, so nobody mistakes it for one compare
+        log.info("no --experiment: pooled the runs of %d experiment(s): %s", len(pooled), ", ".join(pooled))
     sections = []
     for i, part in enumerate(comparable(df, group)):
         tag = "" if i == 0 else f"_{i + 1}"
@@ -216,7 +266,9 @@ def build(out: Path, experiments: list[str] | None = None, group: bool = False, 
     swept = sweeps(client, df)
     if not swept.empty:
         figure = plots.fid_vs_steps(swept, figures / "fid_vs_sampling_steps.png")
-        sections.append("<h2>Sampling steps</h2>" + _img(figure))
+        sections.append("<h2>Sampling steps</h2>" + _img(figure, "FID of one diffusion checkpoint against the number "
+                                                           "of sampling steps (bench eval --sampler-steps): what "
+                                                           "fewer network passes per image cost in quality."))
     study_table = studies(client, experiments)
     if not study_table.empty:
         sections.append("<h2>Studies</h2>")
@@ -227,10 +279,11 @@ def build(out: Path, experiments: list[str] | None = None, group: bool = False, 
                                untuned[["model", "run_name", "budget", "lr_g", "lr_d", "lr", "beta1", "beta2",
                                         "fid"]].set_index("model"), out,
                                "Compare with each study's best value at its trial budget above."))
+        sections += _tuning_curves(client, study_table, out)
         for run_id in study_table["run_id"]:
             folder = _artifacts(client, run_id)
             for png in sorted((folder / "plots").glob("*.png")) if folder else []:
-                sections.append(_img(png))
+                sections.append(_img(png, f"Optuna's {png.stem.replace('_', ' ')} of study run {run_id[:8]}."))
 
     sections.append("<h2>Runs</h2>")
     for run_id, run in list(tables.final_points(df).groupby("run_id", sort=False))[:12]:
@@ -241,9 +294,12 @@ def build(out: Path, experiments: list[str] | None = None, group: bool = False, 
         sections.append(f"<h3>{html.escape(name)}</h3>")
         grids = sorted((folder / "samples").glob("grid_*.png"))
         if grids:
-            sections.append(_img(plots.progression_strip(grids, figures / f"samples_{run_id[:8]}.png", name)))
+            sections.append(_img(plots.progression_strip(grids, figures / f"samples_{run_id[:8]}.png", name),
+                                 f"{name}: its sample grids at each eval point, labelled with images seen (fixed "
+                                 "noise, so the same latent row by row)."))
         if (folder / "plots" / "losses.png").is_file():
-            sections.append(_img(folder / "plots" / "losses.png"))
+            sections.append(_img(folder / "plots" / "losses.png", f"{name}: losses per iteration and mean per "
+                                 "whole epoch, as the seed report plots them."))
 
     title = "facebench report" + (f": {', '.join(experiments)}" if experiments else "")
     index = out / "index.html"
@@ -252,7 +308,8 @@ def build(out: Path, experiments: list[str] | None = None, group: bool = False, 
 table{{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}}td,th{{border-bottom:1px solid #ddd;padding:3px 8px;
 text-align:right}}figure{{margin:1em 0}}img{{max-width:100%}}.note{{color:#666;font-size:13px}}</style></head>
 <body><h1>{html.escape(title)}</h1><p class="note">{len(df)} eval points of {df['run_id'].nunique()} runs
-({', '.join(sorted(df['model'].dropna().unique()))}); made {time.strftime('%Y-%m-%d %H:%M')}.
+({', '.join(sorted(df['model'].dropna().unique()))}) from the MLflow experiment(s) {html.escape(', '.join(pooled))};
+made {time.strftime('%Y-%m-%d %H:%M')}.
 Lower FID/KID is better. Below 2,000 generated images per point KID leads and FID is shown as a biased
 trend; neither is comparable with papers' 50,000-sample FIDs. Study trials are left out unless asked for.</p>
 {''.join(sections)}
@@ -263,6 +320,36 @@ addEventListener("load", () => document.body.setAttribute("data-figures-rendered
     if log_run:
         _log_report(out, experiments)
     return index
+
+
+def _tuning_curves(client: MlflowClient, study_table: pd.DataFrame, out: Path) -> list[str]:
+    """The expected best after k trials of each study, against k and against the device-hours k trials cost:
+    "the tuned model" read with what tuning it cost."""
+    curves, rows, metrics = {}, [], set()
+    for _, study in study_table.iterrows():
+        metric = study["metric"] or "kid_mean"
+        trials = tuning.study_trials(client, study["run_id"], metric)
+        curve = tuning.tuning_curve(trials, 1000.0 if metric == "kid_mean" else 1.0)
+        if curve.empty:
+            continue
+        label = f"{study['study']} ({study['model']}, {study['trial budget']} a trial)"
+        curves[label] = curve
+        metrics.add("kid_x1000" if metric == "kid_mean" else "fid")
+        for k in sorted({1, 2, 5, 10, len(curve)} & set(curve["k"])):
+            row = curve[curve["k"] == k].iloc[0]
+            band = f"{row['mean']:.4g} [{row['lo']:.4g}, {row['hi']:.4g}]"
+            rows.append({"study": label, "k": k, "expected best": band,
+                         "device-hours of k trials": row["device_hours"]})
+    if not curves or len(metrics) > 1:  # one figure compares like with like
+        return []
+    (metric,) = metrics
+    name = tables.METRIC_NAMES[metric]
+    how = (f"Expected best {name} after k trials: the best of k trials drawn with replacement from each study's "
+           "complete trials, over 4,000 bootstrap draws, [5%, 95%]; the cost of k trials is k times the mean "
+           "device-hours of a complete one, failed and pruned trials' cost included (Lucic et al. 2018).")
+    figure = plots.best_after_k_trials(curves, out / "figures" / "best_after_k_trials.png", metric)
+    return [_table("best_after_k_trials", f"Best {name} after k trials", pd.DataFrame(rows).set_index("study"), out,
+                   how), _img(figure, how)]
 
 
 def _log_report(out: Path, experiments: list[str] | None) -> None:

@@ -24,6 +24,9 @@ def plot_losses(per_iteration: dict[str, list[tuple[int, float]]], per_epoch: di
         if points:
             ax_ep.plot([s for s, _ in points], [v for _, v in points], marker="o", label=key.removesuffix("_epoch"))
     ax_ep.set(xlabel="epoch", ylabel="mean loss", title="mean loss per epoch")
+    if not ax_ep.lines:  # a run shorter than one epoch has no whole epoch to average
+        ax_ep.text(0.5, 0.5, "less than one epoch: no whole epoch yet", ha="center", va="center",
+                   transform=ax_ep.transAxes, color="#666")
     for ax in (ax_it, ax_ep):
         if ax.lines:
             ax.legend()

@@ -270,7 +270,8 @@ def _summarize(spec: RunSpec, prepared: data_mod.Prepared, precision: str, meter
     """The seed's loss plots, the run's description with its result, FINISHED, and the end line."""
     losses = ("loss_d", "loss_g", "loss", "recon_l1")  # recon_l1: the ldm's autoencoder, per pixel
     per_iteration = {k: tracker.history(k) for k in losses}
-    per_epoch = {k: tracker.history(f"{k}_epoch") for k in losses}
+    # the seed's mean loss per epoch, of whole epochs: a 0.46-epoch run's partial mean is no epoch's point
+    per_epoch = {k: [(e, v) for e, v in tracker.history(f"{k}_epoch") if e <= meter.epochs] for k in losses}
     plot_losses(per_iteration, per_epoch, tracker.dir / "plots/losses.png", title=f"{spec.model} - {spec.budget}")
     tracker.publish("plots/losses.png")
     run = tracker.client.get_run(tracker.run_id)

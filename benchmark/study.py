@@ -311,6 +311,7 @@ def keep_objective(study: optuna.Study, opts: StudyOptions, metric: str) -> None
 
 def run_worker(opts: StudyOptions, parent_id: str, progress: bool = False) -> None:
     """Run trials until the study has opts.trials counted trials."""
+    opts = pin_eval_size(opts)  # a worker started by hand: the study's N, as its coordinator's workers get it
     space, metric = study_space(opts)
     study = load_study(opts)
     keep_objective(study, opts, metric)

@@ -249,7 +249,7 @@ def test_metrics_made_differently_are_refused_or_grouped(store):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "not made the same way" in proc.stderr
     proc = store["bench"]("report", "--out", "grouped", "--group", "--quiet")
     page = (store["folder"] / "grouped" / "index.html").read_text()
-    assert "Metric set 2" in page and 'alt="fid_vs_sampling_steps"' in page  # the sweep made after compare
+    assert "Metric set 2" in page and 'id="fig-fid_vs_sampling_steps"' in page  # the sweep made after compare
 
 
 def test_report_renders_in_chromium_with_every_table_and_figure(store):
@@ -257,7 +257,9 @@ def test_report_renders_in_chromium_with_every_table_and_figure(store):
     index = report / "index.html"
     page = index.read_text()
     figures = page.count("<img ")
-    names = re.findall(r'alt="([^"]+)"', page)
+    names = re.findall(r'<figure id="fig-([^"]+)"', page)
+    captions = re.findall(r"<figcaption>([^<]+)</figcaption>", page)
+    assert len(captions) == figures and all(len(c) > 40 and "_" not in c for c in captions)  # words, not files
     for expected in ("kid_vs_device_hours", "kid_vs_pflops", "kid_vs_sampling_cost", "fid_vs_device_hours",
                      "losses"):
         assert expected in names, expected

@@ -11,7 +11,7 @@ import click
 import pytest
 
 from benchmark.cli import cli
-from conftest import bench
+from conftest import bench, bench_inprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ["README.md", "docs/USAGE.md", "docs/TEAM.md"]
@@ -50,18 +50,19 @@ def test_the_docs_show_the_commands_people_use():
 
 
 @pytest.mark.parametrize("doc", DOCS)
-def test_every_command_in_the_docs_works_as_written(doc, celeba, tmp_path, monkeypatch):
+def test_every_command_in_the_docs_works_as_written(doc, celeba, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     checked = []
     for command in commands(doc):
         args = concrete(command, celeba)
         if args[0] == "run" and "--resume" not in args:
-            proc = bench(*args, "--show-spec", check=False)
-            assert proc.returncode == 0 and proc.stdout.startswith("| key |"), (command, proc.stderr[-800:])
+            code, out, err = bench_inprocess(*args, "--show-spec", capsys=capsys)
+            assert code == 0 and out.startswith("| key |"), (command, err[-800:])
         elif args[0] == "compare":
-            proc = bench(*[a for a in args if a != "--print-commands"], "--print-commands", check=False)
-            planned = [line for line in proc.stdout.splitlines() if line.startswith("bench run ")]
-            assert proc.returncode == 0 and planned, (command, proc.stderr[-800:])
+            code, out, err = bench_inprocess(*[a for a in args if a != "--print-commands"], "--print-commands",
+                                             capsys=capsys)
+            planned = [line for line in out.splitlines() if line.startswith("bench run ")]
+            assert code == 0 and planned, (command, err[-800:])
         elif args == ["--version"]:
             assert re.match(r"bench, version \d", bench("--version").stdout), command
         else:

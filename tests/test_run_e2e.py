@@ -42,7 +42,7 @@ def test_dcgan_run_on_celeba_logs_everything_and_reuses_caches(celeba, capsys, c
     grids = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
     assert grids == {"samples/grid_0000000032.png", "samples/grid_0000000064.png"}
     assert "computing real statistics" in caplog.text
-    assert "`bench ui` opens its runs table" in caplog.text  # no address while no UI answers on it
+    assert "run `bench ui` to open its runs table" in caplog.text  # no address while no UI answers on it
     # what the MLflow UI shows: the data as a dataset input, grids as images stepping through the eval points,
     # a description with the result and how it was made, system metrics
     (dataset,) = run.inputs.dataset_inputs

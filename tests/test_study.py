@@ -1,12 +1,14 @@
 """Optuna studies on real storage (journal file, PostgreSQL), real MLflow nesting, real training trials."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
 import optuna
+import pandas as pd
 import psutil
 import pytest
 from mlflow.tracking import MlflowClient
@@ -74,6 +76,19 @@ def test_six_trials_two_workers_on_a_journal_file_one_diverging(tmp_path):
                  check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "compares its trials on kid_mean" in proc.stderr
     assert len(optuna.load_study(study_name="journal", storage=study_mod.open_storage(storage)).trials) == 6
+    # topped up to 10 trials with its own settings, its report reads the tuned model with what tuning cost:
+    # the expected best KID after k = 1..9 complete trials, with a band, against k and device-hours
+    bench(*_study_cmd(storage, "journal", 10, "--workers", "2", "--pruner", "none"))
+    bench("report", "--experiment", "study-dcgan", "--include-trials", "--out", str(tmp_path / "report"))
+    table = pd.read_csv(tmp_path / "report" / "tables" / "best_after_k_trials.csv")
+    assert table["k"].tolist() == [1, 2, 5, 9]  # 9 complete trials: one of the ten diverged
+    bands = [[float(x) for x in re.fullmatch(r"(\S+) \[(\S+), (\S+)\]", b).groups()] for b in table["expected best"]]
+    assert all(lo <= mean <= hi for mean, lo, hi in bands)
+    assert [mean for mean, _, _ in bands] == sorted((mean for mean, _, _ in bands), reverse=True)
+    assert table["device-hours of k trials"].is_monotonic_increasing
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "Expected best KID x 1000 after k trials" in page and (tmp_path / "report" / "figures" /
+                                                                    "best_after_k_trials.png").is_file()
 
 
 @pytest.fixture(scope="module")
@@ -209,15 +224,15 @@ def test_enqueued_settings_must_lie_in_the_space():
 
 
 def test_the_smaller_of_generated_and_real_images_decides_the_objective():
-    """2,000 generated images against the default 256 real ones: FID's reference covariance has rank < 256,
-    so KID leads, in the eval line and as the study's objective; with 2,000 of each FID does."""
+    """2,000 generated images against 256 real ones: FID's reference covariance has rank < 256, so KID leads,
+    in the eval line and as the study's objective; with 2,000 of each FID does."""
     def objective(*overrides):
         opts = study_mod.StudyOptions(model="dcgan", trials=1, trial_budget="32img", study_name="n", storage="j.log",
                                       space_file=str(ROOT / "experiments" / "studies" / "dcgan.toml"),
                                       overrides=overrides)
         return study_mod.study_space(opts)[1]
 
-    assert objective("eval.samples=2000") == "kid_mean"
+    assert objective("eval.samples=2000", "eval.real_samples=256") == "kid_mean"
     assert objective("eval.samples=2000", "eval.real_samples=2000") == "fid"
     line = headline({"fid": 80.0, "kid_mean": 0.05, "kid_std": 0.001}, 2000, 256)
     assert line.startswith("KID x 1000 = 50.00") and "N = 2000 generated vs 256 real: KID leads" in line
