@@ -91,7 +91,10 @@ def test_print_commands_runs_spec_files_and_seeds_per_model(capsys):
                                      "--seeds", "1,seed-dcgan=2", "--experiment-name", "c2", "--print-commands",
                                      capsys=capsys)
     assert code == 0, err
-    runs = [shlex.split(line) for line in out.strip().splitlines()[:-1]]
+    lines = out.strip().splitlines()
+    # eval.samples = auto: each cluster job would pick its own N on its own device, which the plan says
+    assert lines[0].startswith("# eval.samples = auto: each job picks its N on its own device")
+    runs = [shlex.split(line) for line in lines if line.startswith("bench run ")]
     assert [(r[r.index("--seed") + 1], "--spec" in r) for r in runs] == [("0", True), ("1", True), ("0", False)]
     assert runs[0][runs[0].index("--spec") + 1] == seed_dcgan and "model_alias=seed-dcgan" in runs[0]
     code, out, err = bench_inprocess("compare", "--models", "dcgan", "--budget", "5m", "--seeds", "1,ddpm=2",
