@@ -105,11 +105,8 @@ def one_eval_size(runs: list, experiment_name: str, device: str) -> list:
     the N its finished runs have, or the smallest N auto picks for any of its models here (each model's own
     sampling cost); each run then gets it as --set, so a re-run finds its finished runs' specs unchanged."""
     from dataclasses import replace
-    from functools import partial
 
-    from benchmark import eval_size, runner
-    from benchmark.device import pick_device, resolve_precision
-    from benchmark.models import family
+    from benchmark import eval_size
 
     if not any("auto" in (spec.eval["samples"], spec.eval["real_samples"]) for _, _, spec in runs):
         return runs
@@ -117,19 +114,15 @@ def one_eval_size(runs: list, experiment_name: str, device: str) -> list:
     if earlier:
         n, real = earlier
     else:
-        device_ = pick_device(device)
-        data = runner.prepare_data(runs[0][2], False)
-        chosen = {}
+        sized = {}
         for typed, _, spec in runs:
-            if typed not in chosen:
-                cls, _ = family(spec.model)
-                precision = resolve_precision(spec.precision, device_)
-                sized, line = eval_size.resolve(spec, partial(cls, spec, device_, precision), device_, data)
-                chosen[typed] = sized.eval["samples"]
+            if typed not in sized:
+                sized[typed], line = eval_size.resolve_on(spec, device)
                 if line:
                     log.info("%s: %s", typed, line)
-        n = min(chosen.values())
-        real = eval_size.real_samples(n, len(data))
+        # the smallest N, and its real N: auto's real_samples never falls as N grows
+        n = min(s.eval["samples"] for s in sized.values())
+        real = min(s.eval["real_samples"] for s in sized.values())
         log.info("every model of %s is scored on eval.samples = %d vs eval.real_samples = %d", experiment_name, n,
                  real)
     pinned = [f"eval.samples={n}", f"eval.real_samples={real}"]

@@ -12,8 +12,10 @@ from typing import Any
 import torch
 
 from benchmark.budget import Budget
-from benchmark.data import Prepared
+from benchmark.data import Prepared, prepare
+from benchmark.device import pick_device, resolve_precision
 from benchmark.metrics import Evaluator, sample_for_eval
+from benchmark.models import family
 from benchmark.spec import RunSpec
 
 log = logging.getLogger(__name__)
@@ -65,13 +67,13 @@ def measure(model: Any, spec: RunSpec, device: torch.device) -> tuple[float, flo
     return sample_s / PROBE, score_s
 
 
-def resolve(spec: RunSpec, make_model, device: torch.device, data: Prepared) -> tuple[RunSpec, str | None]:
+def resolve(spec: RunSpec, device: torch.device, precision: str, data: Prepared) -> tuple[RunSpec, str | None]:
     """spec with eval.samples and eval.real_samples as numbers, and a line saying how auto chose them (None
-    where both were given). make_model builds a throwaway model to measure: sampling cost needs its network."""
+    where both were given). Sampling cost is measured on a throwaway model of the spec's family."""
     n, real = spec.eval["samples"], spec.eval["real_samples"]
     line = None
     if n == "auto":
-        model = make_model()
+        model = family(spec.model)[0](spec, device, precision)
         sample_s, score_s = measure(model, spec, device)
         train_s = sample_s * model.flops_per_train_image() / model.flops_per_sample()
         budget = budget_seconds(spec.budget_obj, len(data), spec.batch_size, train_s)
@@ -91,6 +93,14 @@ def resolve(spec: RunSpec, make_model, device: torch.device, data: Prepared) -> 
     if real == "auto":
         real = real_samples(n, len(data))
     return replace(spec, eval={**spec.eval, "samples": n, "real_samples": real}), line
+
+
+def resolve_on(spec: RunSpec, device_name: str) -> tuple[RunSpec, str | None]:
+    """resolve() for a spec not yet training (a study's trials, a compare's models): on the device they will
+    train on, at the precision they will pick, on their data."""
+    device = pick_device(device_name)
+    data = prepare(spec.data, spec.split, spec.resolution, spec.synthetic_images, progress=False)
+    return resolve(spec, device, resolve_precision(spec.precision, device), data)
 
 
 def _duration(seconds: float) -> str:

@@ -52,7 +52,7 @@ def start(spec: RunSpec, device_name: str = "auto", experiment_name: str | None 
     prepared = prepare_data(spec, progress)
     precision = resolve_precision(spec.precision, device)
     log.info("precision %s", precision_reason(spec.precision, precision, device))
-    spec, sized = eval_size.resolve(spec, lambda: cls(spec, device, precision), device, prepared)
+    spec, sized = eval_size.resolve(spec, device, precision, prepared)
     if sized:
         log.info("%s", sized)
     tags = {

@@ -29,7 +29,6 @@ from optuna.trial import TrialState
 from benchmark import eval_size, runner
 from benchmark.cores import worker_env
 from benchmark.data import cache_root
-from benchmark.device import pick_device, resolve_precision
 from benchmark.errors import UserError
 from benchmark.filelock import file_lock
 from benchmark.liveness import alive, me
@@ -280,11 +279,7 @@ def pin_eval_size(opts: StudyOptions) -> StudyOptions:
     if stored is not None:
         n, real = stored["eval_samples"], stored["real_samples"]
     else:
-        device = pick_device(opts.device)
-        precision = resolve_precision(spec.precision, device)
-        cls, _ = family(opts.model)
-        data = runner.prepare_data(spec, False)
-        sized, line = eval_size.resolve(spec, lambda: cls(spec, device, precision), device, data)
+        sized, line = eval_size.resolve_on(spec, opts.device)
         n, real = sized.eval["samples"], sized.eval["real_samples"]
         if line:
             log.info("every trial: %s", line)

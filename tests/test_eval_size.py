@@ -2,6 +2,7 @@
 run's own model and Inception; a larger budget on the same device gets a larger N, and the run says which."""
 
 import logging
+from dataclasses import replace
 
 import pytest
 import torch
@@ -24,13 +25,13 @@ def test_show_spec_says_four_points_and_auto():
 
 def test_a_larger_budget_on_the_same_device_gets_a_larger_n(celeba):
     """Measured, not assumed: the same model and device, a 2-minute budget and a 58-hour one."""
-    cls, defaults = family("dcgan")
+    _, defaults = family("dcgan")
     data = prepare(str(celeba), "train", 64)
     device = torch.device("cpu")
     chosen = {}
     for budget in ("2m", "58h"):
         spec = build_spec("dcgan", defaults, {"budget": budget, "data": str(celeba)})
-        sized, line = eval_size.resolve(spec, lambda spec=spec: cls(spec, device, "fp32"), device, data)
+        sized, line = eval_size.resolve(spec, device, "fp32", data)
         chosen[budget] = (sized.eval["samples"], sized.eval["real_samples"], line)
     (small, small_real, small_line), (large, large_real, large_line) = chosen["2m"], chosen["58h"]
     assert small < large and large >= 5_000, chosen
@@ -52,10 +53,11 @@ def test_a_budget_in_images_epochs_or_steps_is_timed_at_the_measured_speed_and_t
 
 
 def test_explicit_numbers_win_and_real_follows_them():
-    cls, defaults = family("dcgan")
+    _, defaults = family("dcgan")
     spec = build_spec("dcgan", defaults, {}, ["eval.samples=1000"])
     data = prepare("synthetic", "train", 64, 300)
-    sized, line = eval_size.resolve(spec, lambda: pytest.fail("no measuring"), torch.device("cpu"), data)
+    unbuildable = replace(spec, model="no-such-family")  # measuring would build it, and fail
+    sized, line = eval_size.resolve(unbuildable, torch.device("cpu"), "fp32", data)
     assert line is None and sized.eval["samples"] == 1000 and sized.eval["real_samples"] == 300
 
 
