@@ -74,3 +74,25 @@ def test_the_run_says_which_n_and_why_and_logs_it_beside_an_explicit_real_n(cele
     (run,) = client.search_runs([client.get_experiment_by_name("dcgan").experiment_id])
     assert run.data.params["eval.samples"] == "64" and run.data.params["eval.real_samples"] == "16"
     assert run.data.tags["eval.samples_chosen"] == said and run.data.tags["metrics.eval_samples"] == "64"
+
+
+def test_a_compare_settles_one_n_and_keeps_it_when_run_again(celeba, capsys, caplog):
+    """A compare's models are scored on one N, chosen once: the same command again finds its finished run's
+    spec unchanged (same hash) and trains nothing, however the device measures this time."""
+    caplog.set_level(logging.INFO)
+    args = ["compare", "--models", "dcgan", "--budget", "32img", "--data", str(celeba), "--experiment-name", "cmp-auto",
+            "--set", "ngf=8", "--set", "ndf=8", "--set", "batch_size=16", "--set", "eval.points=1", "--set",
+            "eval.grid=4", "--set", "eval.real_samples=16", "--quiet"]
+    code, _, err = bench_inprocess(*args, capsys=capsys)
+    assert code == 0, err
+    assert any(r.getMessage().startswith("dcgan: eval.samples = auto -> 64") for r in caplog.records)
+    client = MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("cmp-auto").experiment_id])
+    assert run.data.params["eval.samples"] == "64" and run.data.params["eval.real_samples"] == "16"
+    caplog.clear()
+    code, _, err = bench_inprocess(*args, capsys=capsys)
+    assert code == 0, err
+    said = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("kept 1 finished run(s) of cmp-auto") for m in said), said
+    assert not any("eval.samples = auto ->" in m for m in said)  # not measured again: the finished run's N
+    assert len(client.search_runs([client.get_experiment_by_name("cmp-auto").experiment_id])) == 1
