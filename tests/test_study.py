@@ -270,3 +270,23 @@ def test_median_pruner_prunes_trials_whose_images_seen_differ(tmp_path):
     study_mod.report(trial, 230.0, 1, 2688)
     study_mod.report(trial, 400.0, 2, 5376, last=True)
     assert trial.should_prune()  # what the pruner would have done
+
+
+def test_auto_n_is_settled_once_for_a_study_and_kept_by_its_top_up(tmp_path):
+    """eval.samples = auto: the study measures once, stores the N in its objective, and a top-up (another
+    process, another measurement possible) scores its trials on that N without measuring again."""
+    storage = str(tmp_path / "journal.log")
+    auto = [a for a in TINY_TRIAL if a not in ("eval.samples=4", "eval.real_samples=8")]
+    auto = [a for i, a in enumerate(auto) if not (a == "--set" and auto[i + 1] == "--set")]
+    cmd = ["study", "--model", "dcgan", "--trial-budget", "32img", "--study-name", "auto", "--storage", storage,
+           *auto, "--set", "eval.real_samples=16", "--pruner", "none"]
+    first = bench(*cmd, "--trials", "1")
+    assert "every trial: eval.samples = auto -> 64" in first.stderr
+    study = optuna.load_study(study_name="auto", storage=study_mod.open_storage(storage))
+    assert study.user_attrs["objective"]["eval_samples"] == 64
+    second = bench(*cmd, "--trials", "2")
+    assert "eval.samples = auto ->" not in second.stderr  # the stored objective's N, not a new measurement
+    client = MlflowClient()
+    runs = [r for r in client.search_runs([client.get_experiment_by_name("study-dcgan").experiment_id])
+            if r.data.tags.get("study.parent") != "true"]
+    assert len(runs) == 2 and {r.data.params["eval.samples"] for r in runs} == {"64"}
