@@ -190,9 +190,9 @@ class Tracker:
     def _end_now(self, status: str, reason: str | None) -> None:
         if reason:
             self.client.set_tag(self.run_id, "failure_reason", reason[:5000])
-        if self.remote_artifacts:
-            self.client.set_tag(self.run_id, "lock.heartbeat", "0")  # released: another machine may resume it
         self.client.set_terminated(self.run_id, status=RunStatus.to_string(RunStatus.from_string(status)))
+        if self.remote_artifacts:  # released after the end, never before: a RUNNING run is never free to claim
+            self.client.set_tag(self.run_id, "lock.heartbeat", "0")  # another machine may resume it
 
     # ------------------------------------------------------------ delivery (now, or once the server is back)
 
