@@ -69,20 +69,18 @@ def test_fid_and_kid_order_on_real_faces(fp32_features, evaluator):
 
 
 def test_bf16_features_keep_fid_but_move_kid_which_is_why_fp32_is_the_default(faces, fp32_features, evaluator):
-    """eval.precision = bf16 on real faces against fp32: FID within 0.5% (as at N = 500: 0.06-0.19%), KID
-    within a quarter of its own spread but not within 0.5% (1.5-2.8% at N = 500: bench calibrate --inception),
-    which is why scores are fp32 unless a spec asks; and the precision is part of what a score says it is."""
+    """eval.precision = bf16 on real faces against fp32: FID within 0.5% (0.03% here; 0.06-0.19% at N = 500),
+    KID within a quarter of its own spread but not within 0.5% (1.1% here; 1.5-2.8% at N = 500: bench calibrate
+    --inception), which is why scores are fp32 unless a spec asks; and the precision is part of what a score says
+    it is. Two sets only: bf16 is emulated, ~3x slower than fp32, on CPUs without AVX512-BF16."""
     bf16 = Evaluator(evaluator.weights, progress=False, precision="bf16")
-    feats = {name: bf16.features(faces[name]) for name in ("a", "real", "blur1", "blur2")}
+    feats = {name: bf16.features(faces[name]) for name in ("a", "blur1")}
     assert not torch.equal(feats["a"].pool, fp32_features["a"].pool)  # computed in bf16, not fp32 again
-    kid_moves = []
-    for name in ("real", "blur1", "blur2"):
-        ours = score(feats[name], feats["a"], bf16.weights)
-        ref = score(fp32_features[name], fp32_features["a"], evaluator.weights)
-        assert ours["fid"] == pytest.approx(ref["fid"], rel=0.005), name
-        assert abs(ours["kid_mean"] - ref["kid_mean"]) < 0.25 * ref["kid_std"], name
-        kid_moves.append(abs(ours["kid_mean"] - ref["kid_mean"]) / abs(ref["kid_mean"]))
-    assert max(kid_moves) > 0.005, kid_moves
+    ours = score(feats["blur1"], feats["a"], bf16.weights)
+    ref = score(fp32_features["blur1"], fp32_features["a"], evaluator.weights)
+    assert ours["fid"] == pytest.approx(ref["fid"], rel=0.005)
+    assert abs(ours["kid_mean"] - ref["kid_mean"]) < 0.25 * ref["kid_std"]
+    assert abs(ours["kid_mean"] - ref["kid_mean"]) > 0.005 * abs(ref["kid_mean"])
     assert provenance(bf16, N, N, "celeba:train")["metrics.inception_precision"] == "bf16"
 
 
