@@ -69,10 +69,11 @@ def test_fid_and_kid_order_on_real_faces(fp32_features, evaluator):
 
 
 def test_bf16_features_keep_fid_but_move_kid_which_is_why_fp32_is_the_default(faces, fp32_features, evaluator):
-    """eval.precision = bf16 on real faces against fp32: FID within 0.5% (0.03% here; 0.06-0.19% at N = 500),
-    KID within a quarter of its own spread but not within 0.5% (1.1% here; 1.5-2.8% at N = 500: bench calibrate
-    --inception), which is why scores are fp32 unless a spec asks; and the precision is part of what a score says
-    it is. Two sets only: bf16 is emulated, ~3x slower than fp32, on CPUs without AVX512-BF16."""
+    """eval.precision = bf16 on real faces against fp32: FID within 0.5% (0.03% at N = 48 here, on an AMD EPYC
+    without AVX512-BF16; 0.06-0.19% at N = 500), KID within a quarter of its own spread but not within 0.5% (1.1% at
+    N = 48; 1.5-2.8% at N = 500: bench calibrate --inception), which is why scores are fp32 unless a spec asks; and
+    the precision is part of what a score says it is. Two sets only: on CPUs without AVX512-BF16 bf16 is emulated,
+    several times slower than fp32."""
     bf16 = Evaluator(evaluator.weights, progress=False, precision="bf16")
     feats = {name: bf16.features(faces[name]) for name in ("a", "blur1")}
     assert not torch.equal(feats["a"].pool, fp32_features["a"].pool)  # computed in bf16, not fp32 again
