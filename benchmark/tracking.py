@@ -26,6 +26,7 @@ from mlflow.tracking import MlflowClient
 from benchmark import checkpoint
 from benchmark.data import cache_root
 from benchmark.errors import UserError, did_you_mean
+from benchmark.filelock import file_lock
 from benchmark.liveness import alive, me
 from benchmark.outbox import DEAD_LETTER, Outbox, Tally, unreachable
 from benchmark.redact import masked
@@ -84,7 +85,13 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
             raise UserError(f"MLflow tracking server {masked(uri)} does not answer ({reason}); start it, or give "
                             "another --tracking-uri / MLFLOW_TRACKING_URI") from None
     if parsed.scheme == "sqlite":
-        _check_sqlite(Path(unquote(parsed.path)[1:]))  # sqlite:///rel.db is relative, sqlite:////abs.db absolute
+        path = Path(unquote(parsed.path)[1:])  # sqlite:///rel.db is relative, sqlite:////abs.db absolute
+        _check_sqlite(path)
+        # Processes that open a new store at once each run MLflow's schema migrations on it, and all but one die
+        # ("table ... already exists"): the first creates it while the others wait. MLflow keeps the store it
+        # opened here for the rest of the process.
+        with file_lock(path.with_name(f".{path.name}.lock")):
+            MlflowClient(uri).search_experiments(max_results=1)
     elif parsed.scheme in ("", "file"):
         folder = Path(unquote(parsed.path))
         if folder.exists() and not os.access(folder, os.W_OK):

@@ -82,6 +82,18 @@ def bench_inprocess(*args: str, capsys) -> tuple[int, str, str]:
     return code, out, err
 
 
+def store_client():
+    """A client on the test's MLflow store, the store created first (under the lock every bench process takes to
+    create one): a test that polls a bench process it starts next never races it to create the store."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from benchmark.tracking import check_store
+
+    check_store(mlflow.get_tracking_uri())
+    return MlflowClient()
+
+
 # Small but real DCGAN settings for fast tests: same architecture, narrower.
 TINY = ["--set", "ngf=8", "--set", "ndf=8", "--set", "batch_size=16", "--set", "synthetic_images=256",
         "--set", "eval.samples=0", "--set", "eval.grid=16", "--quiet"]

@@ -15,7 +15,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from benchmark import checkpoint
-from conftest import bench, bench_inprocess
+from conftest import bench, bench_inprocess, store_client
 
 DDPM = ["--model", "ddpm", "--set", "ch=8", "--set", "ch_mult=[1, 2]", "--set", "num_res_blocks=1", "--set",
         "attn_resolutions=[]", "--set", "dropout=0.1", "--set", "batch_size=8", "--set", "synthetic_images=64",
@@ -74,10 +74,10 @@ def test_dcgan_on_two_ranks_normalises_over_the_global_batch():
 
 @pytest.mark.parametrize("victim", [1, 0])  # rank 0 ends the run itself; killed, the launcher ends it
 def test_a_rank_killed_mid_run_stops_the_job_and_resumes_on_one_process(capsys, victim):
+    client = store_client()
     proc = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "run", *DDPM, "--budget", "640img",
                              "--set", "checkpoint_minutes=0", "--experiment-name", "killed", "--nproc", "2"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
-    client = MlflowClient()
     deadline, state = time.time() + 180, None
     while time.time() < deadline and state is None:
         time.sleep(0.5)

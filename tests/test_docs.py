@@ -15,12 +15,11 @@ from pathlib import Path
 
 import click
 import pytest
-from mlflow.tracking import MlflowClient
 
 from benchmark import checkpoint
 from benchmark.cli import cli
 from benchmark.doctor import TINY as FAMILY
-from conftest import bench, bench_inprocess
+from conftest import bench, bench_inprocess, store_client
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ["README.md", "docs/USAGE.md", "docs/TEAM.md"]
@@ -106,7 +105,7 @@ class World:
 
     def __init__(self, celeba: Path, capsys):
         self.celeba, self.capsys = celeba, capsys
-        self.client = MlflowClient()
+        self.client = store_client()
 
     def run(self, *args: str) -> str:
         code, out, err = bench_inprocess("run", *args, "--quiet", capsys=self.capsys)

@@ -1,6 +1,7 @@
 """An exact record across kills and damage: nothing logged twice after a resume, a fallback checkpoint that
 damage cannot reach twice, and evaluation input too small to score said in one line."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from benchmark import checkpoint
-from conftest import bench, bench_inprocess
+from conftest import TINY, bench, bench_inprocess, store_client
 
 SLOW_DDPM = ["--model", "ddpm", "--set", "ch=8", "--set", "ch_mult=[1, 2]", "--set", "num_res_blocks=1", "--set",
              "attn_resolutions=[]", "--set", "batch_size=8", "--set", "synthetic_images=64", "--set", "eval.samples=0",
@@ -28,9 +29,10 @@ def _artifacts(run) -> Path:
 def test_a_resume_after_rows_were_flushed_past_the_checkpoint_logs_every_row_once(capsys):
     """The killed process flushed rows for steps after its last checkpoint (metrics go out every 10 s); the
     resumed one replays those steps bit-exactly and must not log them again."""
+    client = store_client()
     proc = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "run", *SLOW_DDPM, "--budget", "960img",
                              "--experiment-name", "replayed"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    client, deadline, run = MlflowClient(), time.time() + 240, None
+    deadline, run = time.time() + 240, None
     try:
         while time.time() < deadline and run is None and proc.poll() is None:
             time.sleep(0.5)
@@ -42,8 +44,8 @@ def test_a_resume_after_rows_were_flushed_past_the_checkpoint_logs_every_row_onc
                     run = runs[0]
     finally:
         proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert run is not None, "no rows flushed past the checkpoint in time"
+        _, err = proc.communicate()
+    assert run is not None, f"no rows flushed past the checkpoint in time: {err.decode()[-2000:]}"
     assert checkpoint.load_latest(_artifacts(run) / checkpoint.LAST)["meter"]["images_seen"] == 480
     code, _, err = bench_inprocess("run", "--resume", run.info.run_id, "--quiet", capsys=capsys)
     assert code == 0, err
@@ -58,11 +60,12 @@ def test_a_damaged_checkpoint_is_set_aside_so_a_second_damage_still_resumes(caps
     """Round 1: last.pt damaged, the resume falls back to last.prev.pt, and its next save must not rotate the
     damaged file into the fallback. Round 2: last.pt damaged again: the fallback still resumes."""
     args = [*SLOW_DDPM, "--set", "checkpoint_minutes=0", "--set", "eval.points=1", "--experiment-name", "damaged"]
+    client = store_client()
     proc = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "run", *args, "--budget", "4000img"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client, deadline, run = MlflowClient(), time.time() + 240, None
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline, run = time.time() + 240, None
     try:
-        while time.time() < deadline and run is None:
+        while time.time() < deadline and run is None and proc.poll() is None:
             time.sleep(0.5)
             experiment = client.get_experiment_by_name("damaged")
             runs = client.search_runs([experiment.experiment_id]) if experiment else []
@@ -70,8 +73,8 @@ def test_a_damaged_checkpoint_is_set_aside_so_a_second_damage_still_resumes(caps
                 run = runs[0]
     finally:
         proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert run is not None
+        _, err = proc.communicate()
+    assert run is not None, err.decode()[-2000:]
     last = _artifacts(run) / checkpoint.LAST
     for round_ in (1, 2):
         last.write_bytes(last.read_bytes()[:1000])  # a partial copy, a disk fault
@@ -134,3 +137,17 @@ def test_a_file_size_limit_ends_the_run_failed_in_one_line_with_path_and_errno(t
     (run,) = client.search_runs([client.get_experiment_by_name("limited").experiment_id])
     assert run.info.status == "FAILED" and run.data.tags["failure_reason"] == lines[0].removeprefix("error: ")
     assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_runs_started_at_once_on_a_new_store_all_finish(tmp_path):
+    """Each process opening a new SQLite store runs MLflow's schema migrations; two at once and one died with
+    "table ... already exists" (a CI failure: a test's polling client created the store under a starting run)."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'new.db'}"}
+    procs = [subprocess.Popen([sys.executable, "-m", "benchmark.cli", "run", "--model", "dcgan", *TINY, "--budget",
+                               "32img", "--experiment-name", "at-once"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(3)]
+    errors = [proc.communicate(timeout=300)[1] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0, 0], [err[-1500:] for err in errors]
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("at-once").experiment_id])
+    assert sorted(run.info.status for run in runs) == ["FINISHED"] * 3

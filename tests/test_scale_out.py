@@ -18,7 +18,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from benchmark import checkpoint
-from conftest import bench, free_port
+from conftest import bench, free_port, store_client
 
 TINY_DDPM = ["--model", "ddpm", "--set", "ch=8", "--set", "ch_mult=[1, 2]", "--set", "num_res_blocks=1", "--set",
              "attn_resolutions=[]", "--set", "synthetic_images=64", "--set", "eval.samples=0", "--set", "eval.grid=4",
@@ -120,8 +120,9 @@ def test_ranks_that_share_no_disk_resume_a_killed_run_together(tmp_path):
         port = free_port()
         return [_node(0, port, caches[0], extra), _node(1, port, caches[1], extra, hide=tmp_path / "mlruns")]
 
+    client = store_client()
     nodes = job(args)
-    client, deadline, run = MlflowClient(), time.time() + 180, None
+    deadline, run = time.time() + 180, None
     while time.time() < deadline:
         time.sleep(0.5)
         experiment = client.get_experiment_by_name("two-machines")
