@@ -15,13 +15,49 @@ VIEW_TAG = f"mlflow.sharedViewState.{VIEW}"  # where MLflow's UI looks up ?viewS
 LAYOUT = "workflowType=machine_learning"  # runs, models, model registry: not traces and judges
 
 
+# The chart view's sections, in this order; MLflow appends the keys no chart names (the losses) as "Model
+# metrics" and then "System metrics".
+SECTIONS = {"Quality": ("recall", "precision"), "Samples": (), "Cost": ("device_hours", "pflops",
+                                                                      "sample_seconds_per_image")}
+GRID = "samples/grid"  # the key eval points log their sample grid under
+
+
 def view(lead: str) -> dict:
     """The runs table sorted by the leading metric (kid_mean or fid, lower is better), with it and the cost
-    beside the model."""
+    beside the model; its chart view opens on quality, the samples, then cost."""
     other = "fid" if lead == "kid_mean" else "kid_mean"
     columns = ["params.`model`", f"metrics.`{lead}`", f"metrics.`{other}`", "metrics.`images_seen`",
                "metrics.`device_hours`", "params.`budget`", "attributes.`Dataset`"]
-    return {"orderByKey": f"metrics.`{lead}`", "orderByAsc": True, "selectedColumns": columns}
+    sections, charts = [], []
+    for name, keys in SECTIONS.items():
+        section = f"facebench-{name.lower()}"
+        sections.append({"uuid": section, "name": name, "display": True, "isReordered": False, "deleted": False,
+                         "isGenerated": False})
+        for key in (lead, other, *keys) if name == "Quality" else keys:
+            charts.append(_line(key, section))
+        if name == "Samples":
+            # the card's caption would otherwise list every param of the run over the grid
+            charts.append({**_card("IMAGE", f"{section}-grid", section), "imageKeys": [GRID], "step": 0,
+                           "showRunParams": False})
+    return {"orderByKey": f"metrics.`{lead}`", "orderByAsc": True, "selectedColumns": columns,
+            "columnOrder": columns,  # else MLflow puts metrics alphabetically: device_hours, fid, ... kid_mean
+            "compareRunSections": sections, "compareRunCharts": charts,
+            "isAccordionReordered": True,  # else MLflow sorts the sections by name
+            "hideEmptyCharts": True}  # a family without a key (the GANs have no recon_fid) shows no empty card
+
+
+def _card(kind: str, uuid: str, section: str) -> dict:
+    """The fields every MLflow chart card has (its RunsChartsCardConfig)."""
+    return {"uuid": uuid, "type": kind, "runsCountToCompare": 10, "metricSectionId": section, "deleted": False,
+            "isGenerated": False}
+
+
+def _line(key: str, section: str) -> dict:
+    """A metric against its step (images seen), as MLflow's own generated line charts are."""
+    return {**_card("LINE", f"{section}-{key}", section), "metricKey": key, "displayName": key,
+            "lineSmoothness": 0, "xAxisScaleType": "linear", "scaleType": "linear", "range": {}, "xAxisKey": "step",
+            "selectedXAxisMetricKey": "", "yAxisKey": "metric", "yAxisExpressions": [], "ignoreOutliers": False,
+            "useGlobalXaxisKey": True, "useGlobalLineSmoothing": True}
 
 
 def save_view(client: MlflowClient, experiment_id: str, lead: str) -> bool:

@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from analysis import scaling, tables
 from analysis.collect import collect, comparable
 from benchmark.errors import UserError
+from benchmark.runs_view import view
 from conftest import chromium, free_port
 
 TINY = ["--set", "batch_size=16", "--set", "eval.samples=8", "--set", "eval.real_samples=16", "--set",
@@ -315,6 +316,22 @@ def test_bench_ui_answers_before_it_says_open_and_shows_names_datasets_and_grids
             assert float(shown) == pytest.approx(final[run_id], rel=0.01, abs=1e-3)
         assert [r for r, _ in sorted(kid.items(), key=lambda item: item[1][0])] == sorted(final, key=final.get)
         assert set(column(dom, "metrics.`images_seen`")) == set(final) == set(column(dom, "metrics.`device_hours`"))
+        headers = re.findall(r'role="columnheader"[^>]*aria-colindex="(\d+)"[^>]*col-id="((?:params|metrics)\.[^"]+|'
+                             r'attributes\.`Dataset`)"', dom)
+        assert [key for _, key in sorted(headers, key=lambda h: int(h[0]))] == view("kid_mean")["selectedColumns"]
+        # its chart view opens on quality, then the grids (captioned by nothing but the runs, not 20 params),
+        # then cost; MLflow's own sections (the losses, system metrics) after them
+        for _ in range(3):  # the charts render lazily; a loaded machine can need a second look
+            text = " ".join(re.sub(r"<[^>]+>", " ", page(line.split()[1] + "&compareRunsMode=CHART")).split())
+            if "Samples (1)" in text and "-128img-s0" in text.split("Samples (1)")[1]:
+                break
+        sections = re.findall(r"(Quality|Samples|Cost|Model metrics|System metrics) \((\d+)\)", text)
+        assert [name for name, _ in sections][:3] == ["Quality", "Samples", "Cost"] and \
+            "Model metrics" in dict(sections), sections
+        quality, samples = text.split("Quality (")[1].split("Samples (1)")
+        assert quality.index("kid_mean") < quality.index("fid") < quality.index("recall"), quality[:500]
+        grids = samples.split("Cost (")[0]
+        assert "samples/grid" in grids and "-128img-s0" in grids and "batch_size=" not in grids, grids[:800]
         fingerprint = store["client"].search_runs([store["experiment_id"]])[0].data.tags["dataset_fingerprint"]
         assert f"celeba ({fingerprint})" in dom  # the Dataset column: name (digest)
         runs = store["client"].search_runs([store["experiment_id"]], order_by=["metrics.fid ASC"])
