@@ -16,7 +16,7 @@ import torch
 
 from benchmark import distributed
 from benchmark.budget import Meter
-from benchmark.data import Prepared
+from benchmark.data import Prepared, prepare
 from benchmark.device import rng_untouched
 from benchmark.metrics import (
     SMALL_N,
@@ -33,6 +33,8 @@ from benchmark.metrics import (
 from benchmark.spec import RunSpec
 
 log = logging.getLogger(__name__)
+
+HELDOUT_KEYS = ("fid", "kid_mean", "kid_std", "precision", "recall")  # logged again as <key>_heldout
 
 
 def save_grid(images: torch.Tensor, path) -> None:
@@ -79,6 +81,7 @@ class EvalPoints:
         self.progress, self.on_eval = progress, on_eval
         self.evaluator: Evaluator | None = None
         self.real: Features | None = None  # rank 0's reference features, loaded at the first eval point
+        self.heldout: Features | None = None  # the same of images training never saw, where the data has them
 
     def __call__(self, meter: Meter, index: int) -> BaseException | None:
         """Evaluate at eval point `index`. Every rank calls it; on several ranks an exception raised by one
@@ -109,6 +112,19 @@ class EvalPoints:
         if not w.main:
             return None
         return distributed.attempt(self._score_and_log, meter, index, values, parts if n > 0 else None, start)
+
+    def _heldout_features(self, evaluator: Evaluator) -> Features | None:
+        """Reference features of the valid partition, as many as the training reference has, where the run
+        trains on CelebA's train partition; a folder has no partition, so nothing (said once)."""
+        if self.data.split != "train":
+            log.info("no held-out reference: %s has no partition the run does not train on (CelebA's train split "
+                     "has valid)", self.data.name)
+            return None
+        heldout = prepare(self.spec.data, "valid", self.spec.resolution, progress=False)
+        features, _ = evaluator.real_features(heldout, len(self.real.pool))
+        self.tracker.tags({"metrics.heldout_reference": f"{heldout.name}:{heldout.split}",
+                           "metrics.heldout_samples": str(len(features.pool))})
+        return features
 
     def _grid(self, meter: Meter, index: int) -> dict[str, float]:
         fixed = torch.Generator().manual_seed(self.spec.seed + 12345)
@@ -157,8 +173,12 @@ class EvalPoints:
                 if n < SMALL_N:
                     log.warning("eval.samples=%d: below %d samples FID is biased upwards, so KID leads; neither "
                                 "is comparable with papers' 50,000-sample FIDs", n, SMALL_N)
+                self.heldout = self._heldout_features(evaluator)
             fake = in_batch_order(parts, n, spec.eval["batch_size"])
             values.update(score(fake, self.real, evaluator.weights))
+            if self.heldout is not None:  # memorising the reference helps the score above, not this one
+                scored = score(fake, self.heldout, evaluator.weights)
+                values.update({f"{k}_heldout": v for k, v in scored.items() if k in HELDOUT_KEYS})
             # device-seconds per image: every rank's sampling time, comparable across numbers of ranks
             values.update(eval_samples=n, sample_seconds_per_image=sum(p["seconds"] for p in parts) / n)
             extra_sets = getattr(self.model, "extra_eval_sets", None)
@@ -174,7 +194,9 @@ class EvalPoints:
         tracker.metrics(values, meter.images_seen)
         tracker.flush()
         if "fid" in values:
-            log.info("eval at %d images (%.3g epochs): %s", meter.images_seen, meter.epochs,
-                     headline(values, n, len(self.real.pool)))
+            log.info("eval at %d images (%.3g epochs): %s%s", meter.images_seen, meter.epochs,
+                     headline(values, n, len(self.real.pool)),
+                     f"; against {len(self.heldout.pool)} held-out (valid) images KID x 1000 = "
+                     f"{1000 * values['kid_mean_heldout']:.2f}" if "kid_mean_heldout" in values else "")
         if self.on_eval is not None:  # the point's index: the same fraction of the budget in every run of a spec
             self.on_eval(values, meter, index)

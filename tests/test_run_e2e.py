@@ -35,6 +35,11 @@ def test_dcgan_run_on_celeba_logs_everything_and_reuses_caches(celeba, capsys, c
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss_d_epoch")] == [1]
     for key in ("kid_mean", "device_hours", "pflops", "epochs", "sample_seconds_per_image"):
         assert client.get_metric_history(run.info.run_id, key), key
+    # the same samples scored against CelebA's valid partition, which training never saw, beside the train one
+    assert tags["metrics.heldout_reference"] == "celeba:valid" and tags["metrics.heldout_samples"] == "32"
+    for key in ("kid_mean_heldout", "fid_heldout", "recall_heldout"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [32, 64], key
+    assert run.data.metrics["fid_heldout"] != run.data.metrics["fid"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"spec.toml", "samples", "plots", "checkpoints"} <= artifacts
     # finished: one checkpoint (the fallback only serves a resume, which a finished run never has) and no lock
