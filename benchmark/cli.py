@@ -259,16 +259,32 @@ def sync_cmd(run_id, tracking_uri) -> None:
               help="A .png/.jpg path gets one grid; any other path becomes a folder of numbered PNGs.")
 @click.option("--seed", type=int, default=0, show_default=True, help="The same seed draws the same images.")
 @click.option("--steps", type=click.IntRange(1), help="Diffusion runs: sampling steps (default: the run's own).")
+@click.option("--nearest", "nearest_k", type=click.IntRange(1, 16), metavar="K",
+              help="The memorisation check: each image beside its K nearest training images in Inception space "
+              "(a row per image, into --out and into the run as nearest/grid), with the distances against those "
+              "of training images to each other. Computes features of the whole training split once (cached).")
 @bn_option
 @device_option
 @tracking_option
 @quiet_option
-def sample_cmd(run_id, n, out, seed, steps, bn, device, tracking_uri, quiet) -> None:
+def sample_cmd(run_id, n, out, seed, steps, nearest_k, bn, device, tracking_uri, quiet) -> None:
     """Images from a run's latest checkpoint (finished or still running)."""
-    from benchmark.sample import sample_run
+    from benchmark.sample import GRID_SUFFIXES, sample_run
 
     _setup_logging(quiet)
     _tracking(tracking_uri)
+    if nearest_k:
+        from benchmark.nearest import nearest_run
+
+        if Path(out).suffix.lower() not in GRID_SUFFIXES:
+            raise UserError(f"--nearest draws one grid: give --out a .png or .jpg path, not {out!r}")
+        r = nearest_run(run_id, n, nearest_k, Path(out), seed, steps, device, bn=bn, progress=not quiet)
+        click.echo(f"{r['n']} images from {r['model']} at {r['images_seen']} images seen, each beside its {r['k']} "
+                   f"nearest of {r['train_images']} training images (Inception pool features, Euclidean) -> "
+                   f"{r['out']}; distance to the nearest: mean {r['nearest_distance']:.2f}, training images to "
+                   f"their nearest other: median {r['train_median']:.2f} ({r['closer_than_train']} of {r['n']} "
+                   "images nearer than that); logged into the run as nearest/grid")
+        return
     result = sample_run(run_id, n, Path(out), seed, steps, device, bn=bn, progress=not quiet)
     bn_text = "" if result["bn"] == "n/a" else f", BatchNorm {result['bn']}"
     click.echo(f"{result['n']} images from {result['model']} at {result['images_seen']} images seen "

@@ -121,8 +121,8 @@ class World:
         """A finished, scored run of family: trained once, then the same one for every line that needs it."""
         if family not in made:
             made[family] = self.run("--model", family, "--budget", "32img", *FAMILY[family], "--set",
-                                    "eval.samples=16", "--set", "eval.real_samples=16", "--set", "eval.points=1",
-                                    "--experiment-name", "docs-runs")
+                                    "synthetic_images=256", "--set", "eval.samples=16", "--set",
+                                    "eval.real_samples=16", "--set", "eval.points=1", "--experiment-name", "docs-runs")
         return made[family]
 
     def killed(self, with_checkpoint: bool) -> str:
