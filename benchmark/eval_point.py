@@ -37,11 +37,12 @@ log = logging.getLogger(__name__)
 HELDOUT_KEYS = ("fid", "kid_mean", "kid_std", "precision", "recall")  # logged again as <key>_heldout
 
 
-def save_grid(images: torch.Tensor, path) -> None:
+def save_grid(images: torch.Tensor, path, per_row: int | None = None) -> None:
+    """uint8 images as one PNG grid, square unless per_row says how many a row holds."""
     from torchvision.utils import save_image
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(images.float() / 255.0, path, nrow=int(np.ceil(np.sqrt(len(images)))), padding=2)
+    save_image(images.float() / 255.0, path, nrow=per_row or int(np.ceil(np.sqrt(len(images)))), padding=2)
 
 
 def stage_costs(meter: Meter) -> dict[str, float]:

@@ -7,17 +7,16 @@ nearest *other* training image: a sample much nearer than that is a near-copy.""
 
 from __future__ import annotations
 
-import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from benchmark import data as data_mod
-from benchmark.evaluate import load_run, require_sampler, set_bn
-from benchmark.metrics import Evaluator, draw
-
-log = logging.getLogger(__name__)
+from benchmark.eval_point import save_grid
+from benchmark.metrics import Evaluator
+from benchmark.sample import drawn
 
 KEY = "nearest/grid"  # the MLflow image key: steps through the checkpoints it was drawn at
 REFERENCE = 1_000  # training images whose nearest other training image gives the scale
@@ -45,14 +44,8 @@ def nearest_run(run_id: str, n: int, k: int, out: Path, seed: int = 0, sampler_s
     """Draw n images from the run's latest checkpoint, find each one's k nearest training images (the run's own
     data and split), save the grid to out and log it into the run at the checkpoint's step, with the mean
     nearest distance as the metric nearest_train_distance."""
-    tracker, spec, model, state = load_run(run_id, device_name)
-    if sampler_steps is not None:
-        require_sampler(spec, model, "--steps")
-        model.sampler_steps = sampler_steps
-    set_bn(spec, model, bn)
+    tracker, spec, _, state, images = drawn(run_id, n, seed, sampler_steps, device_name, batch_size, bn, progress)
     step = int(state["meter"]["images_seen"])
-    images = torch.cat([x.cpu() for x in draw(model, n, torch.Generator().manual_seed(seed), batch_size,
-                                                   progress)])
     data = data_mod.prepare(spec.data, spec.split, spec.resolution, spec.synthetic_images, progress)
     evaluator = Evaluator(batch_size=spec.eval["batch_size"], progress=progress, precision=spec.eval["precision"])
     # every training image (cached like the reference statistics: a seeded subset of all of them is all of them,
@@ -60,26 +53,17 @@ def nearest_run(run_id: str, n: int, k: int, out: Path, seed: int = 0, sampler_s
     train, _ = evaluator.real_features(data, len(data))
     fake = evaluator.features(images, desc="samples")
     dist, index = nearest(fake.pool, train.pool, k)
-    scale = train_to_train(train.pool)
     rows = [torch.cat([images[i : i + 1], torch.from_numpy(np.asarray(data.images[index[i].numpy()]))])
             for i in range(n)]
-    grid = torch.cat(rows)
-    _save(grid, out, k + 1)
     rel = f"nearest/nearest_{step:010d}.png"
-    _save(grid, tracker.dir / rel, k + 1)
+    save_grid(torch.cat(rows), tracker.dir / rel, per_row=k + 1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(tracker.dir / rel, out)
     tracker.publish(rel)
     tracker.image(KEY, tracker.dir / rel, step)
-    mean = float(dist[:, 0].mean())
-    tracker.metrics({"nearest_train_distance": mean, "train_nearest_other_distance": float(scale.median())}, step)
+    nearest_, scale = dist[:, 0], float(train_to_train(train.pool).median())
+    tracker.metrics({"nearest_train_distance": float(nearest_.mean()), "train_nearest_other_distance": scale}, step)
     tracker.flush()
-    return {"run_id": run_id, "model": spec.model, "images_seen": step, "n": n, "k": index.shape[1],
-            "out": str(out), "train_images": len(data), "nearest_distance": mean,
-            "nearest_distances": dist[:, 0].tolist(), "train_median": float(scale.median()),
-            "closer_than_train": int((dist[:, 0] < scale.median()).sum())}
-
-
-def _save(grid: torch.Tensor, path: Path, per_row: int) -> None:
-    from torchvision.utils import save_image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(grid.float() / 255.0, path, nrow=per_row, padding=2)
+    return {"model": spec.model, "images_seen": step, "n": n, "k": index.shape[1], "out": str(out),
+            "train_images": len(data), "nearest_distance": float(nearest_.mean()), "train_median": scale,
+            "closer_than_train": int((nearest_ < scale).sum())}
