@@ -15,30 +15,24 @@ VIEW_TAG = f"mlflow.sharedViewState.{VIEW}"  # where MLflow's UI looks up ?viewS
 LAYOUT = "workflowType=machine_learning"  # runs, models, model registry: not traces and judges
 
 
-# The chart view's sections, in this order; MLflow appends the keys no chart names (the losses) as "Model
-# metrics" and then "System metrics".
-SECTIONS = {"Quality": ("recall", "precision"), "Samples": (), "Cost": ("device_hours", "pflops",
-                                                                      "sample_seconds_per_image")}
+COST = ("device_hours", "pflops", "sample_seconds_per_image")  # the chart view's Cost section
 GRID = "samples/grid"  # the key eval points log their sample grid under
 
 
 def view(lead: str) -> dict:
     """The runs table sorted by the leading metric (kid_mean or fid, lower is better), with it and the cost
-    beside the model; its chart view opens on quality, the samples, then cost."""
+    beside the model; its chart view opens on quality, the samples, then cost (MLflow appends the keys no chart
+    names, the losses, as "Model metrics", then "System metrics")."""
     other = "fid" if lead == "kid_mean" else "kid_mean"
     columns = ["params.`model`", f"metrics.`{lead}`", f"metrics.`{other}`", "metrics.`images_seen`",
                "metrics.`device_hours`", "params.`budget`", "attributes.`Dataset`"]
-    sections, charts = [], []
-    for name, keys in SECTIONS.items():
-        section = f"facebench-{name.lower()}"
-        sections.append({"uuid": section, "name": name, "display": True, "isReordered": False, "deleted": False,
-                         "isGenerated": False})
-        for key in (lead, other, *keys) if name == "Quality" else keys:
-            charts.append(_line(key, section))
-        if name == "Samples":
-            # the card's caption would otherwise list every param of the run over the grid
-            charts.append({**_card("IMAGE", f"{section}-grid", section), "imageKeys": [GRID], "step": 0,
-                           "showRunParams": False})
+    sections = [{"uuid": f"facebench-{name.lower()}", "name": name, "display": True, "isReordered": False,
+                 "deleted": False, "isGenerated": False} for name in ("Quality", "Samples", "Cost")]
+    # the grid card's caption would otherwise list every param of the run over the grid
+    grid = {**_card("IMAGE", "facebench-samples-grid", "facebench-samples"), "imageKeys": [GRID], "step": 0,
+            "showRunParams": False}
+    charts = [*(_line(key, "facebench-quality") for key in (lead, other, "recall", "precision")), grid,
+              *(_line(key, "facebench-cost") for key in COST)]
     return {"orderByKey": f"metrics.`{lead}`", "orderByAsc": True, "selectedColumns": columns,
             "columnOrder": columns,  # else MLflow puts metrics alphabetically: device_hours, fid, ... kid_mean
             "compareRunSections": sections, "compareRunCharts": charts,
