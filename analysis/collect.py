@@ -12,8 +12,8 @@ from benchmark.tracking import find_experiments
 
 # Metrics logged at every eval point (step = images seen) that the table carries.
 METRICS = ("images_seen", "epochs", "device_hours", "pflops", "steps", "sample_nfe", "sample_seconds_per_image",
-           "sample_gflops_per_image", "fid", "kid_mean", "kid_std", "precision", "recall", "is", "eval_samples",
-           "recon_fid")
+           "sample_gflops_per_image", "fid", "kid_mean", "kid_std", "precision", "recall", "diversity", "is",
+           "eval_samples", "recon_fid")
 # How a number was made: only rows equal on all of these are compared with each other.
 PROVENANCE = ("eval_samples", "real_samples", "reference", "weights_sha256", "inception_precision",
               "dataset_fingerprint")

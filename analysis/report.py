@@ -222,7 +222,7 @@ def _metric_set(part: pd.DataFrame, tag: str, out: Path, project_to: float) -> l
                          "device (log scale): the price of quality at generation time."))
     columns = ["model", "run_name", "budget", "seed", "images_seen", "epochs", "device_hours", "hardware", "pflops",
                "sample_nfe", "sample_seconds_per_image", "kid_x1000", "kid_x1000_std", "fid", "precision", "recall",
-               "bn"]
+               "diversity", "bn"]
     smaller = min(n, real) if real is not None else n
     if smaller < PR_MIN:  # k-NN manifolds of a few hundred points: every sample lands outside them
         columns = [c for c in columns if c not in ("precision", "recall")]
@@ -231,6 +231,9 @@ def _metric_set(part: pd.DataFrame, tag: str, out: Path, project_to: float) -> l
     else:
         pr = (" Precision: the share of samples inside the real images' manifold (fidelity); recall: the share of real "
               "images inside the samples' (diversity).")
+    pr += (" diversity: the samples' mean pairwise Inception distance over the real images' (1: as varied as the "
+           "real faces; well below 1: samples more alike than faces are, a collapse onto a few faces where they are "
+           "faces, whatever KID says).")
     sections.append(_table(f"final{tag}", "Every run at the end of its budget", finals[columns].set_index("model"),
                            out, f"{why} bn: the BatchNorm statistics the GANs sampled with (n/a: no BatchNorm).{pr}",
                            f"bn: the BatchNorm statistics the GANs sampled with (n/a: no BatchNorm).{pr}"))

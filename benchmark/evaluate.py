@@ -22,7 +22,7 @@ from benchmark.saved_run import open_run
 log = logging.getLogger(__name__)
 
 
-SWEPT = ("fid", "kid_mean", "kid_std", "precision", "recall", "sample_seconds_per_image", "sample_nfe")
+SWEPT = ("fid", "kid_mean", "kid_std", "precision", "recall", "diversity", "sample_seconds_per_image", "sample_nfe")
 
 
 def parse_steps(text: str) -> list[int]:

@@ -1,4 +1,5 @@
-"""FID, KID, IS and precision/recall through torch-fidelity, with real features cached by our own key.
+"""FID, KID, IS and precision/recall through torch-fidelity (and the samples' diversity beside the real images'),
+with real features cached by our own key.
 
 Images go to the Inception network in memory as uint8 NCHW; no PNGs on disk. The real side's features
 are computed once per (dataset fingerprint, split, resolution, N, weights hash) and reused by every
@@ -184,10 +185,26 @@ def frechet_distance(fake: torch.Tensor, real: torch.Tensor) -> float:
     return max(0.0, float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * trace_sqrt))
 
 
+def mean_pairwise_distance(pool: torch.Tensor) -> float:
+    """Mean Euclidean distance between two different images of a set in Inception pool space (over all ordered
+    pairs i != j: an unbiased estimate of E|x - x'|, so sets of any size compare). float64, as in nearest."""
+    n = len(pool)
+    return float(torch.cdist(pool.double(), pool.double()).sum() / (n * (n - 1)))
+
+
+def diversity(fake: torch.Tensor, real: torch.Tensor) -> float:
+    """The samples' mean pairwise distance over the real images': 1 is as varied as the real faces, below 1 is
+    samples more alike than faces are (modes collapsing: one face repeated reads 0; white noise reads low too,
+    every noise image looks alike to Inception), above 1 is spread the faces do not have. The pairwise spread GAN
+    papers check for mode collapse (Odena et al. 2017 with MS-SSIM), in the features FID uses; unlike recall it
+    needs no sample to land near a real image, so it reads while quality is still poor. Read it beside KID."""
+    return mean_pairwise_distance(fake) / mean_pairwise_distance(real)
+
+
 def score(fake: Features, real: Features, weights: InceptionWeights, kid_subset_size: int = 1000,
           seed: int = 2020) -> dict[str, float]:
     """FID, KID, precision/recall (and IS where logits exist) from features, by torch-fidelity's formulas
-    (FID's trace term solved as a symmetric eigenproblem: see frechet_distance)."""
+    (FID's trace term solved as a symmetric eigenproblem: see frechet_distance), and diversity."""
     from torch_fidelity.metric_isc import isc_features_to_metric
     from torch_fidelity.metric_kid import kid_features_to_metric
     from torch_fidelity.metric_prc import prc_features_to_metric
@@ -209,6 +226,7 @@ def score(fake: Features, real: Features, weights: InceptionWeights, kid_subset_
         "kid_std": kid["kernel_inception_distance_std"],
         "precision": prc["precision"],
         "recall": prc["recall"],
+        "diversity": diversity(fake.pool, real.pool),
     }
     if weights.has_logits and fake.logits is not None:
         isc = isc_features_to_metric(fake.logits, splits=min(10, len(fake.logits)), rng_seed=seed)
@@ -230,12 +248,15 @@ def leading_metric(n: int, real: int | None = None) -> str:
 
 
 def headline(values: dict[str, float], n: int, real: int | None = None) -> str:
-    """One line that leads with the metric that is trustworthy at this N and flags the other."""
+    """One line that leads with the metric that is trustworthy at this N and flags the other, then fidelity and
+    diversity (precision, recall, diversity) where they were scored."""
     kid = f"KID x 1000 = {1000 * values['kid_mean']:.2f} ± {1000 * values['kid_std']:.2f}"
     sizes = f"N = {n}" if real is None else f"N = {n} generated vs {real} real"
+    spread = (f"; precision {values['precision']:.3f}, recall {values['recall']:.3f}, diversity "
+              f"{values['diversity']:.2f} (real images: 1)" if "diversity" in values else "")
     if leading_metric(n, real) == "kid_mean":
-        return f"{kid} ({sizes}: KID leads; FID {values['fid']:.1f} is biased upwards below {SMALL_N:,})"
-    return f"FID = {values['fid']:.2f} ({sizes}), {kid}"
+        return f"{kid} ({sizes}: KID leads; FID {values['fid']:.1f} is biased upwards below {SMALL_N:,}){spread}"
+    return f"FID = {values['fid']:.2f} ({sizes}), {kid}{spread}"
 
 
 def provenance(evaluator: Evaluator, n_fake: int, n_real: int, reference: str, bn: str = "n/a") -> dict[str, str]:

@@ -31,7 +31,8 @@ def view(lead: str) -> dict:
     # the grid card's caption would otherwise list every param of the run over the grid
     grid = {**_card("IMAGE", "facebench-samples-grid", "facebench-samples"), "imageKeys": [GRID], "step": 0,
             "showRunParams": False}
-    charts = [*(_line(key, "facebench-quality") for key in (lead, other, "recall", "precision")), grid,
+    charts = [*(_line(key, "facebench-quality") for key in (lead, other, "recall", "precision", "diversity")),
+              grid,
               *(_line(key, "facebench-cost") for key in COST)]
     return {"orderByKey": f"metrics.`{lead}`", "orderByAsc": True, "selectedColumns": columns,
             "columnOrder": columns,  # else MLflow puts metrics alphabetically: device_hours, fid, ... kid_mean

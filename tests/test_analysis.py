@@ -128,7 +128,8 @@ def test_tidy_table_has_a_row_per_eval_point_of_every_run(cmp_table):
     assert set(df["eval_samples"]) == {8} and set(df["real_samples"]) == {16}
     assert df["reference"].iloc[0].endswith(":train") and df["dataset_fingerprint"].nunique() == 1
     assert (df[df["model"] == "ddpm"]["sample_nfe"] == 4).all() and (df[df["model"] != "ddpm"]["sample_nfe"] == 1).all()
-    assert {"lr_g", "lr", "beta1", "spec_hash", "pflops", "kid_std", "precision", "recall"} <= set(df.columns)
+    assert {"lr_g", "lr", "beta1", "spec_hash", "pflops", "kid_std", "precision", "recall",
+            "diversity"} <= set(df.columns)
 
 
 def test_interpolation_in_log_cost_never_extrapolates(cmp_table):

@@ -11,7 +11,7 @@ from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics
 from benchmark import inception
 from benchmark.calibrate import blur
 from benchmark.data import prepare
-from benchmark.metrics import Evaluator, Features, frechet_distance, provenance, score
+from benchmark.metrics import Evaluator, Features, diversity, frechet_distance, headline, provenance, score
 from conftest import bench_inprocess
 
 N = 48  # per set: FIDs 103 < 123 < 185 < 470 here (blur1 is 4 KID-sigma from real), and cheap for a 2-core CI
@@ -83,6 +83,26 @@ def test_bf16_features_keep_fid_but_move_kid_which_is_why_fp32_is_the_default(fa
     assert abs(ours["kid_mean"] - ref["kid_mean"]) < 0.25 * ref["kid_std"]
     assert abs(ours["kid_mean"] - ref["kid_mean"]) > 0.005 * abs(ref["kid_mean"])
     assert provenance(bf16, N, N, "celeba:train")["metrics.inception_precision"] == "bf16"
+
+
+def test_diversity_is_the_samples_pairwise_spread_over_the_real_images():
+    square = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # 4 sides of 1, 2 diagonals of sqrt 2
+    two_faces = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [1.0, 0.0]])  # 2 pairs at 0, 4 at 1
+    assert diversity(two_faces, square) == pytest.approx(4 / (4 + 2 * 2**0.5), rel=1e-12)
+    assert diversity(square, square) == pytest.approx(1.0) and diversity(square[:1].repeat(4, 1), square) == 0
+
+
+def test_diversity_reads_a_collapse_on_real_faces_that_kid_alone_does_not_show(fp32_features, evaluator):
+    feats, real = fp32_features, fp32_features["a"]
+    other_half = score(feats["real"], real, evaluator.weights)["diversity"]
+    assert 0.9 < other_half < 1.1, other_half  # faces as varied as faces
+    # six of those faces, each eight times: a generator collapsed onto a few modes; every image is a real face
+    six = Features(feats["real"].pool[:6].repeat(8, 1), None)
+    collapsed = score(six, real, evaluator.weights)
+    assert collapsed["diversity"] < 0.9 * other_half, (collapsed["diversity"], other_half)
+    # not a quality score: every white-noise image looks alike to Inception
+    assert score(feats["noise"], real, evaluator.weights)["diversity"] < 0.9 * other_half
+    assert "recall 0.0" in headline(collapsed, 48, 48) and "diversity 0." in headline(collapsed, 48, 48)
 
 
 def test_frechet_distance_equals_torch_fidelity_when_both_sets_exceed_the_feature_dimension():

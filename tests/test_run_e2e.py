@@ -33,7 +33,7 @@ def test_dcgan_run_on_celeba_logs_everything_and_reuses_caches(celeba, capsys, c
     assert len(client.get_metric_history(run.info.run_id, "loss_d")) == 4  # every step at batch 16
     # 64 of 4591 training images: less than an epoch, whose mean still reaches the seed's per-epoch plot
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss_d_epoch")] == [1]
-    for key in ("kid_mean", "device_hours", "pflops", "epochs", "sample_seconds_per_image"):
+    for key in ("kid_mean", "recall", "diversity", "device_hours", "pflops", "epochs", "sample_seconds_per_image"):
         assert client.get_metric_history(run.info.run_id, key), key
     # the same samples scored against CelebA's valid partition, which training never saw, beside the train one
     assert tags["metrics.heldout_reference"] == "celeba:valid" and tags["metrics.heldout_samples"] == "32"
@@ -47,6 +47,7 @@ def test_dcgan_run_on_celeba_logs_everything_and_reuses_caches(celeba, capsys, c
     grids = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
     assert grids == {"samples/grid_0000000032.png", "samples/grid_0000000064.png"}
     assert "computing real statistics" in caplog.text
+    assert "eval at 64 images" in caplog.text and ", diversity " in caplog.text  # fidelity and spread in its line
     assert "run `bench ui` to open its runs table" in caplog.text  # no address while no UI answers on it
     # what the MLflow UI shows: the data as a dataset input, grids as images stepping through the eval points,
     # a description with the result and how it was made, system metrics
