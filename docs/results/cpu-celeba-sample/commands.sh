@@ -24,7 +24,8 @@ $bench study --model dcgan --data "$DATA" --trial-budget 3ep --trials 10 --study
 # Part B (~85 min wall): every family at 6 device-minutes, one run after the other (a time budget measures the
 # run alone on the machine), four log-spaced eval points each, the same N and reference for all. The same
 # command again keeps the runs that finished (same name and spec hash) and trains the rest: stop it between
-# runs and re-run it to split this part (the GANs, ~52 min; then ddpm and ldm, ~31 min).
+# runs and re-run it to split this part (the GANs, ~52 min; then ddpm and ldm, ~31 min), on the same machine: the
+# report never pools device-hours across hardware (CPU model, cores), so halves run on two machines are two tables.
 $bench compare \
   --models "$REPO/experiments/seed-dcgan.toml,$REPO/docs/results/cpu-celeba-sample/dcgan-tuned.toml,$REPO/docs/results/cpu-celeba-sample/wgan-gp-ncritic2.toml,ddpm,ldm" \
   --budget 6m --seeds 1,seed-dcgan=2,dcgan-tuned=2,wgan-gp-ncritic2=2 --data "$DATA" \
