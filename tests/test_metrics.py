@@ -11,7 +11,17 @@ from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics
 from benchmark import inception
 from benchmark.calibrate import blur
 from benchmark.data import prepare
-from benchmark.metrics import Evaluator, Features, diversity, frechet_distance, headline, provenance, score
+from benchmark.metrics import (
+    PAIR_ROWS,
+    Evaluator,
+    Features,
+    diversity,
+    frechet_distance,
+    headline,
+    mean_pairwise_distance,
+    provenance,
+    score,
+)
 from conftest import bench_inprocess
 
 N = 48  # per set: FIDs 103 < 123 < 185 < 470 here (blur1 is 4 KID-sigma from real), and cheap for a 2-core CI
@@ -153,3 +163,11 @@ def test_eval_cli_real_vs_fake_folder_offline(celeba, tmp_path, capsys):
     result = json.loads(out)
     assert result["fid"] > 0 and "kid_mean" in result and result["is"] == "unavailable"
     assert result["fake_samples"] == 40 and not (tmp_path / "torch-home" / "hub").exists()  # nothing downloaded
+
+
+def test_mean_pairwise_distance_summed_in_blocks_equals_the_whole_matrix():
+    # more rows than one block, and not a multiple of it: every block, the last partial one too, is counted
+    pool = torch.randn(2 * PAIR_ROWS + 37, 64, generator=torch.Generator().manual_seed(0))
+    n = len(pool)
+    whole = float(torch.cdist(pool.double(), pool.double()).sum()) / (n * (n - 1))
+    assert mean_pairwise_distance(pool) == pytest.approx(whole, rel=1e-12)
