@@ -169,18 +169,24 @@ def _metric_set(part: pd.DataFrame, tag: str, out: Path, project_to: float) -> l
     flag = f" (biased upwards at N = {n}: a trend)" if lead == "kid_x1000" else ""
     machines = sorted(part["hardware"].dropna().unique()) if "hardware" in part else []
     if len(machines) > 1:
-        curves += (" Device-hours depend on the hardware, so on that axis each curve is a row per hardware "
-                   f"({'; '.join(machines)}); FLOPs and images pool them.")
+        timed_on = (" Device-hours depend on the hardware, so on that axis each curve is a row per hardware "
+                    f"({'; '.join(machines)}); FLOPs and images pool them.")
+        per_hw = " (a row per hardware)"
+    elif machines:  # one machine: still say which, or the numbers read as if any hardware gave them
+        timed_on, per_hw = f" Device-hours measured on {machines[0]}.", f" (measured on {machines[0]})"
+    else:
+        timed_on = per_hw = ""
+    curves += timed_on
     targets, target_why = _targets(part, lead)
     sections = [f"<p class='note lead'>{html.escape(why)} {html.escape(curves)} Tables interpolate linearly in "
                 "log-cost between eval points and leave a cell empty where a run did not measure (never "
                 f"extrapolated). {html.escape(target_why)}</p>"]
     whole, timed = part, by_hardware(part)
-    per_hw = " (a row per hardware)" if len(machines) > 1 else ""
     for axis in ("device_hours", "pflops"):
         unit = tables.COST_AXES[axis]
         data = timed if axis == "device_hours" else whole
         rows = per_hw if axis == "device_hours" else ""
+        hw = timed_on if axis == "device_hours" else ""
         sections.append(_table(f"{lead}_at_equal_{axis}{tag}", f"{name} at equal cost ({unit})",
                                tables.quality_at_equal_cost(data, axis, metric=lead), out,
                                f"{why} Interpolated linearly in log-cost between eval points; empty = not measured "
@@ -190,15 +196,15 @@ def _metric_set(part: pd.DataFrame, tag: str, out: Path, project_to: float) -> l
         if lead != "fid":
             sections.append(_table(f"fid_at_equal_{axis}{tag}", f"FID at equal cost ({unit}){flag}",
                                    tables.quality_at_equal_cost(data, axis, metric="fid"), out,
-                                   f"FID at N = {n} is biased upwards: it ranks runs made the same way at best."))
+                                   f"FID at N = {n} is biased upwards: it ranks runs made the same way at best.{hw}"))
         sections.append(_table(f"cost_to_reach_{axis}{tag}", f"Cost ({unit}) to reach a {name}",
                                tables.cost_to_reach_table(data, targets, axis, lead), out,
                                f"First cost at which the interpolated {name} reaches the target; empty = not reached. "
-                               f"{target_why}", f"First {unit} at which each curve's {name} reaches the target; "
-                               "empty = not reached."))
+                               f"{target_why}{hw}", f"First {unit} at which each curve's {name} reaches the target; "
+                               f"empty = not reached.{hw}"))
         sections.append(_table(f"pareto_{axis}{tag}", f"Pareto front: {name} vs {unit}",
                                tables.pareto_front(data, axis, lead).set_index("model"), out,
-                               "Eval points no other point beats on both."))
+                               f"Eval points no other point beats on both.{hw}"))
         sections.append(_img(plots.quality_vs_cost(data, axis, figures / f"{lead.split('_')[0]}_vs_{axis}{tag}.png",
                                                    lead),
                              f"{name} against {unit}{per_hw if axis == 'device_hours' else ''}: every eval point of "
@@ -240,7 +246,7 @@ def _metric_set(part: pd.DataFrame, tag: str, out: Path, project_to: float) -> l
     sections.append(_table(f"scaling{tag}", f"Scaling fit and projections of {name} (EXTRAPOLATION)",
                            _scaling_table(timed, "device_hours", project_to, targets, lead), out,
                            f"{name}(c) = a c^-b + e fitted per curve over its eval points; [5%, 95%] from a residual "
-                           "bootstrap. Beyond the measured costs: a projection, not a measurement."))
+                           f"bootstrap. Beyond the measured costs: a projection, not a measurement.{timed_on}"))
     return sections
 
 

@@ -54,13 +54,22 @@ def ladder(df: pd.DataFrame, axis: str, rungs: int = 5) -> list[float]:
     lo, hi, top = float(per_run["min"].max()), float(per_run["max"].min()), float(per_run["max"].max())
     if lo > hi:  # no budget at which every run measured: span them all
         lo, hi = float(per_run["min"].min()), top
-    out = []
-    for v in np.geomspace(lo, hi, rungs) if hi > lo else [lo]:
-        rounded = float(f"{v:.2g}")
-        out.append(rounded if lo <= rounded <= hi else float(f"{v:.4g}") if lo <= float(f"{v:.4g}") <= hi else v)
+    out = [_round_inside(v, lo, hi) for v in (np.geomspace(lo, hi, rungs) if hi > lo else [lo])]
     if top > hi * 1.01:  # the largest cost any run reached, as a column of its own
-        out.append(min(float(f"{top:.4g}"), top))
+        out.append(_round_inside(top, hi * 1.01, top))
     return sorted({float(v) for v in out})
+
+
+def _round_inside(v: float, lo: float, hi: float) -> float:
+    """v at two significant digits, else three or four, rounded towards the inside of [lo, hi] (the end rungs sit
+    on a run's first or last measured cost, which rounding to nearest can step outside)."""
+    for digits in (2, 3, 4):
+        scale = 10.0 ** (math.floor(math.log10(v)) - digits + 1)
+        for rounded in (round(v / scale) * scale, math.ceil(v / scale) * scale, math.floor(v / scale) * scale):
+            rounded = float(f"{rounded:.{digits}g}")  # drop the float noise of the scaling
+            if lo <= rounded <= hi:
+                return rounded
+    return float(v)
 
 
 def _per_run(df: pd.DataFrame, fn) -> pd.DataFrame:

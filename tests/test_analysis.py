@@ -102,6 +102,29 @@ def test_device_hours_of_other_hardware_are_never_pooled_but_flops_are(store, tm
     assert "Device-hours depend on the hardware" in page and all(m.partition(" on ")[2] in page for m in rows)
 
 
+def test_a_report_on_one_machine_names_it_beside_every_device_hours_table(store, cmp_table):
+    """Device-hours say nothing without their hardware: with one machine too, each table on that axis names it
+    (the .md is read alone) and FLOPs tables stay machine-free but for the shared note."""
+    (machine,) = cmp_table["hardware"].unique()
+    tables_dir = store["folder"] / "report" / "tables"
+    timed = sorted(tables_dir.glob("*device_hours*.md")) + [tables_dir / "scaling.md"]
+    assert len(timed) == 5, timed  # KID and FID at equal cost, cost to reach, Pareto front, scaling
+    for md in timed:
+        assert f"Device-hours measured on {machine}." in md.read_text(), md.name
+    assert "measured on" not in (tables_dir / "pareto_pflops.md").read_text()
+    assert f"(measured on {machine})" in (store["folder"] / "report" / "index.html").read_text()
+
+
+def test_the_ladder_rounds_its_end_rungs_inwards():
+    """Rungs at two significant digits where that stays inside the runs' shared range: the lowest rung sits on
+    the last run's first cost, which rounding to nearest steps below (a column no run-pair measured)."""
+    df = pd.DataFrame({"run_id": ["a", "a", "b", "b"], "c": [0.0140044, 0.0571234, 0.012, 0.0493317]})
+    rungs = tables.ladder(df, "c")
+    assert rungs[0] == 0.015 and rungs[-2] == 0.049 and rungs[-1] == 0.057  # the last: the largest cost reached
+    assert all(float(f"{r:.2g}") == r for r in rungs)
+    assert all(0.0140044 <= r <= 0.0493317 for r in rungs[:-1])
+
+
 def test_sampling_steps_sweep_logs_fid_against_steps(store):
     client = store["client"]
     nfe = client.get_metric_history(store["ddpm"], "sample_nfe_vs_steps")
