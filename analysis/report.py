@@ -239,7 +239,8 @@ def _metric_set(part: pd.DataFrame, tag: str, out: Path, project_to: float) -> l
               "images inside the samples' (diversity).")
     pr += (" diversity: the samples' mean pairwise Inception distance over the real images' (1: as varied as the "
            "real faces; well below 1: samples more alike than faces are, a collapse onto a few faces where they are "
-           "faces, whatever KID says).")
+           "faces, whatever KID says; near 1 does not rule one out: one face in many tones reads nearly as varied as "
+           "faces do, and precision reads that better).")
     sections.append(_table(f"final{tag}", "Every run at the end of its budget", finals[columns].set_index("model"),
                            out, f"{why} bn: the BatchNorm statistics the GANs sampled with (n/a: no BatchNorm).{pr}",
                            f"bn: the BatchNorm statistics the GANs sampled with (n/a: no BatchNorm).{pr}"))
