@@ -117,7 +117,8 @@ def test_a_report_on_one_machine_names_it_beside_every_device_hours_table(store,
 
 def test_the_ladder_rounds_its_end_rungs_inwards():
     """Rungs at two significant digits where that stays inside the runs' shared range: the lowest rung sits on
-    the last run's first cost, which rounding to nearest steps below (a column no run-pair measured)."""
+    the first cost of the run that started measuring last, and rounding it to nearest steps below that (a column
+    that run never measured); it is rounded up instead, the shared range's top down."""
     df = pd.DataFrame({"run_id": ["a", "a", "b", "b"], "c": [0.0140044, 0.0571234, 0.012, 0.0493317]})
     rungs = tables.ladder(df, "c")
     assert rungs[0] == 0.015 and rungs[-2] == 0.049 and rungs[-1] == 0.057  # the last: the largest cost reached
