@@ -95,10 +95,7 @@ def _targets(df: pd.DataFrame, metric: str) -> tuple[list[float], str]:
 
 
 def _round_up(v: float) -> float:
-    if v <= 0:
-        return math.ceil(v * 100) / 100
-    step = 10.0 ** (math.floor(math.log10(v)) - 1)
-    return round(math.ceil(v / step - 1e-9) * step, 12)
+    return math.ceil(v * 100) / 100 if v <= 0 else tables.round_significant(v, 2, math.ceil)
 
 
 def _scaling_table(df: pd.DataFrame, axis: str, project_to: float, targets: list[float], metric: str) -> pd.DataFrame:

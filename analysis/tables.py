@@ -60,14 +60,19 @@ def ladder(df: pd.DataFrame, axis: str, rungs: int = 5) -> list[float]:
     return sorted({float(v) for v in out})
 
 
+def round_significant(v: float, digits: int, how=round) -> float:
+    """v > 0 to `digits` significant digits, by `how` (round, math.ceil or math.floor); the float noise of the
+    scaling (0.015 / 0.001 = 15.000000000000002) is not a digit, so a value already round stays."""
+    step = 10.0 ** (math.floor(math.log10(v)) - digits + 1)
+    return float(f"{how(round(v / step, 9)) * step:.{digits}g}")
+
+
 def _round_inside(v: float, lo: float, hi: float) -> float:
     """v at two significant digits, else three or four, rounded towards the inside of [lo, hi] (the end rungs sit
     on a run's first or last measured cost, which rounding to nearest can step outside)."""
     for digits in (2, 3, 4):
-        scale = 10.0 ** (math.floor(math.log10(v)) - digits + 1)
-        for rounded in (round(v / scale) * scale, math.ceil(v / scale) * scale, math.floor(v / scale) * scale):
-            rounded = float(f"{rounded:.{digits}g}")  # drop the float noise of the scaling
-            if lo <= rounded <= hi:
+        for how in (round, math.ceil, math.floor):
+            if lo <= (rounded := round_significant(v, digits, how)) <= hi:
                 return rounded
     return float(v)
 
