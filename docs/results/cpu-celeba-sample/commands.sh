@@ -39,7 +39,7 @@ $bench compare \
 # a run that was killed; the folder's tables/ and figures/ are what docs/results/cpu-celeba-sample/ holds.
 $bench report --experiment celeba-sample-6m --out "$WORK/report" --tracking-uri "$STORE" --quiet
 
-# Part D (~46 min wall): the seed DCGAN past the image count at which it collapsed on the earlier bf16 machine
+# Part D (~46 min wall on the page's 2-core AVX2 machine, fp32): the seed DCGAN past the image count at which it collapsed on the earlier bf16 machine
 # (60,928), which 6 minutes do not reach here: an images budget, so the table reads on any hardware.
 $bench compare --models "$REPO/experiments/seed-dcgan.toml" --budget 64kimg --seeds 2 --data "$DATA" \
   --set eval.samples=500 --set eval.real_samples=500 --set eval.points=4 --set eval.grid=64 \
