@@ -75,6 +75,10 @@ class Machine:
         return runs[0] if runs else None
 
 
+def _ranks(k: int | str) -> str:
+    return f"{k} rank{'' if int(k) == 1 else 's'}"
+
+
 def _failed(proc: subprocess.CompletedProcess) -> str:
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     return (lines[-1] if lines else f"exit code {proc.returncode}")[:300]
@@ -92,7 +96,7 @@ def train_family(m: Machine, name: str) -> Check:
     budget = "64img" if m.tiny else f"{20 * m.ranks}s"  # ~20 s of wall time on K GPUs
     proc = m.bench("run", "--model", name, *m.family(name), "--budget", budget, "--set", "eval.samples=0",
                    "--set", "eval.points=1", *QUIET, *m.nproc(), "--experiment-name", f"train-{name}")
-    title = f"train {name} on {m.ranks} rank{'s' if m.ranks > 1 else ''}"
+    title = f"train {name} on {_ranks(m.ranks)}"
     run = m.run(f"train-{name}")
     if proc.returncode != 0 or run is None or run.info.status != "FINISHED":
         return Check(title, False, _failed(proc))
@@ -107,7 +111,7 @@ def train_family(m: Machine, name: str) -> Check:
 
 def sharded_evaluation(m: Machine) -> Check:
     n = 64 if m.tiny else 2000
-    title = f"sharded evaluation, N = {n} on {m.ranks} ranks vs one process"
+    title = f"sharded evaluation, N = {n} on {_ranks(m.ranks)} vs one process"
     proc = m.bench("run", "--model", "dcgan", *m.family("dcgan"), "--budget", "32img" if m.tiny else "256img",
                    "--set", f"eval.samples={n}", "--set", f"eval.real_samples={n}", "--set", "eval.points=1",
                    "--set", f"synthetic_images={max(256, n)}", "--set", f"eval.batch_size={16 if m.tiny else 100}",
@@ -126,13 +130,13 @@ def sharded_evaluation(m: Machine) -> Check:
     ok = all(g <= 1e-4 for g in gaps.values()) and ranks == str(m.ranks)
     return Check(title, ok, f"FID {run.data.metrics['fid']:.4f} vs {one['fid']:.4f}, KID x 1000 "
                  f"{1000 * run.data.metrics['kid_mean']:.4f} vs {1000 * one['kid_mean']:.4f} (relative gaps "
-                 f"{gaps['fid']:.1e}, {gaps['kid_mean']:.1e}; at most 1e-4), sampled by {ranks} ranks")
+                 f"{gaps['fid']:.1e}, {gaps['kid_mean']:.1e}; at most 1e-4), sampled by {_ranks(ranks or 0)}")
 
 
 def kill_and_resume(m: Machine) -> Check:
     images = 640 if m.tiny else 64 * 200 * m.ranks
     other = 1 if m.ranks > 1 else 2 if m.tiny else 1  # one GPU: two NCCL ranks cannot share it
-    title = f"killed on {m.ranks} rank{'s' if m.ranks > 1 else ''}, resumed on {other}"
+    title = f"killed on {_ranks(m.ranks)}, resumed on {other}"
     job = m.start("run", "--model", "ddpm", *m.family("ddpm"), "--budget", f"{images}img", "--set",
                   "checkpoint_minutes=0", "--set", "eval.samples=0", "--set", "eval.points=1", *QUIET, *m.nproc(),
                   "--experiment-name", "resume")
@@ -157,7 +161,7 @@ def kill_and_resume(m: Machine) -> Check:
     run = m.run("resume")
     ok = proc.returncode == 0 and run.info.status == "FINISHED" and run.data.metrics["images_seen"] == images
     return Check(title, ok, f"stopped after ~{killed_at} of {images} images, finished "
-                 f"{int(run.data.metrics.get('images_seen', 0))} on {other} rank{'s' if other > 1 else ''}"
+                 f"{int(run.data.metrics.get('images_seen', 0))} on {_ranks(other)}"
                  if ok else _failed(proc))
 
 
@@ -171,7 +175,7 @@ def doctor(ranks: int | None = None, out: Path | None = None, echo=print) -> boo
     with tempfile.TemporaryDirectory(prefix="bench-doctor-") as folder:
         m = Machine(Path(folder), ranks)
         device = environment_tags(pick_device())["device"]
-        head = (f"{device}; {m.gpus} GPU(s) visible; jobs on {m.ranks} ranks"
+        head = (f"{device}; {m.gpus} GPU(s) visible; jobs on {_ranks(m.ranks)}"
                 f"{' (gloo, tiny models: a check of the logic, not of speed)' if m.tiny else ''}; torch "
                 f"{torch.__version__}")
         echo(head)
