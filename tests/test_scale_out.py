@@ -44,12 +44,14 @@ def _relative_difference(a: dict, b: dict) -> float:
 def test_checkpoints_after_every_step_are_not_charged_as_training():
     """Rank 0 saves while rank 1 would start its next step and wait for it in the gradient all-reduce: unless
     the ranks agree before each step's clock starts, that wait is charged as training (twice: K x the slowest
-    step). A wide UNet on 32x32 images, one image per rank: cheap steps, costly checkpoints. Runs of one
-    setting differ by up to ~15% on a shared 2-core VM (more beside another test's processes), so each setting
-    runs twice and its fastest run counts (contention only ever adds time), and the margin is the saves
-    themselves: charging them adds K x their time (2x here), not charging them adds none."""
-    wide = [*TINY_DDPM, "--set", "ch=64", "--set", "resolution=32", "--set", "batch_size=2", "--budget", "48img",
-            "--nproc", "2"]
+    step). A UNet whose weights sit mostly at 4x4 (ch_mult [1, 2, 4, 8], 9.9M parameters) on 32x32 images, one
+    image per rank: cheap steps, costly checkpoints (the saves were half the run's time here; with ch 64, ch_mult
+    [1, 2] they were 16% on one machine, too near the noise for the margin below). Runs of one setting differ by
+    up to ~15% on a shared 2-core VM (more beside another test's processes), so each setting runs twice and its
+    fastest run counts (contention only ever adds time), and the margin is the saves themselves: charging them
+    adds K x their time (2x here), not charging them adds none."""
+    wide = [*TINY_DDPM, "--set", "ch=32", "--set", "ch_mult=[1, 2, 4, 8]", "--set", "resolution=32", "--set",
+            "batch_size=2", "--budget", "48img", "--nproc", "2"]
     for i in range(2):
         bench("run", *wide, "--set", "checkpoint_minutes=1000", "--experiment-name", "no-checkpoints", "--seed", str(i))
         bench("run", *wide, "--set", "checkpoint_minutes=0", "--experiment-name", "every-step", "--seed", str(i))
