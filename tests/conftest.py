@@ -36,6 +36,19 @@ def celeba() -> Path:
     return CELEBA
 
 
+def celeba_jpegs(celeba: Path, n: int) -> list[Path]:
+    """The first n images of the CelebA sample, in name order."""
+    return sorted((celeba / "img_align_celeba" / "img_align_celeba").glob("*.jpg"))[:n]
+
+
+def face_folder(celeba: Path, folder: Path, n: int) -> Path:
+    """The first n CelebA images copied into a folder of their own: a data set whose every image is training."""
+    folder.mkdir()
+    for path in celeba_jpegs(celeba, n):
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def bench_cache(tmp_path_factory) -> Path:
     """One prepared-data / real-statistics / Inception cache for the whole session, as a user would have."""

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import bench, bench_inprocess
+from conftest import bench, bench_inprocess, face_folder
 
 
 @pytest.mark.parametrize("args, message", [
@@ -46,12 +46,7 @@ def test_data_errors_empty_nonimage_unreadable_experiment(tmp_path, capsys):
 
 
 def test_corrupt_jpeg_among_good_ones_is_skipped_and_counted(celeba, tmp_path, capsys, caplog):
-    import shutil
-
-    folder = tmp_path / "faces"
-    folder.mkdir()
-    for f in sorted((celeba / "img_align_celeba" / "img_align_celeba").glob("*.jpg"))[:20]:
-        shutil.copy(f, folder / f.name)
+    folder = face_folder(celeba, tmp_path / "faces", 20)
     (folder / "000000.jpg").write_bytes(b"\xff\xd8\xff truncated")
     code, out, err = bench_inprocess("data", "prepare", str(folder), "--quiet", capsys=capsys)
     assert code == 0 and '"skipped": 1' in out and '"images": 20' in out

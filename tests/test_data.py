@@ -9,6 +9,7 @@ from PIL import Image
 from benchmark import synthetic
 from benchmark.data import prepare
 from benchmark.errors import UserError
+from conftest import celeba_jpegs
 
 
 def test_synthetic_faces_are_deterministic_and_varied():
@@ -31,12 +32,8 @@ def test_celeba_kaggle_layout_split_and_cache(celeba, caplog):
     assert "no decoding" in caplog.text
 
 
-def _some_jpegs(celeba, n):
-    return sorted((celeba / "img_align_celeba" / "img_align_celeba").glob("*.jpg"))[:n]
-
-
 def test_torchvision_layout_and_zip(celeba, tmp_path):
-    files = _some_jpegs(celeba, 12)
+    files = celeba_jpegs(celeba, 12)
     root = tmp_path / "tv" / "celeba"
     (root / "img_align_celeba").mkdir(parents=True)
     lines = []
@@ -60,7 +57,7 @@ def test_torchvision_layout_and_zip(celeba, tmp_path):
 def test_image_folder_with_corrupt_grayscale_and_rgba(celeba, tmp_path, caplog):
     folder = tmp_path / "imgs"
     (folder / "sub").mkdir(parents=True)
-    for f in _some_jpegs(celeba, 5):
+    for f in celeba_jpegs(celeba, 5):
         shutil.copy(f, folder / "sub" / f.name)
     Image.new("L", (80, 60), 128).save(folder / "gray.png")
     Image.new("RGBA", (64, 64), (10, 20, 30, 0)).save(folder / "rgba.webp")

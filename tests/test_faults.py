@@ -14,7 +14,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from benchmark import checkpoint
-from conftest import bench, bench_inprocess, serve_mlflow
+from conftest import bench, bench_inprocess, celeba_jpegs, serve_mlflow
 
 
 class _Planted:
@@ -204,10 +204,6 @@ def test_sigterm_ends_the_run_killed_with_its_reason_and_resume_line(when):
 # ---------------------------------------------------------------- data
 
 
-def _jpegs(celeba, n):
-    return sorted((celeba / "img_align_celeba" / "img_align_celeba").glob("*.jpg"))[:n]
-
-
 def test_a_damaged_zip_member_is_skipped_counted_and_named(celeba, tmp_path):
     import zipfile
 
@@ -215,9 +211,9 @@ def test_a_damaged_zip_member_is_skipped_counted_and_named(celeba, tmp_path):
 
     archive = tmp_path / "faces.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
-        for path in _jpegs(celeba, 6):
+        for path in celeba_jpegs(celeba, 6):
             z.write(path, f"faces/{path.name}")
-    victim = _jpegs(celeba, 6)[2].name
+    victim = celeba_jpegs(celeba, 6)[2].name
     with zipfile.ZipFile(archive) as z:
         info = z.getinfo(f"faces/{victim}")
     raw = bytearray(archive.read_bytes())
@@ -256,14 +252,14 @@ def test_symlink_loops_broken_links_and_undecodable_names_are_skipped_counted_na
 
     folder = tmp_path / "odd"
     folder.mkdir()
-    for path in _jpegs(celeba, 4):
+    for path in celeba_jpegs(celeba, 4):
         (folder / path.name).write_bytes(path.read_bytes())
     os.symlink("loop.jpg", folder / "loop.jpg")  # a link to itself: ELOOP
     os.symlink("missing.jpg", folder / "broken.jpg")
     (folder / "sub").mkdir()
     os.symlink("..", folder / "sub" / "up")  # a link to a folder above: not followed, no cycle
     with open(os.path.join(os.fsencode(folder), b"caf\xe9.jpg"), "wb") as f:  # Latin-1 bytes: not UTF-8
-        f.write(_jpegs(celeba, 5)[4].read_bytes())
+        f.write(celeba_jpegs(celeba, 5)[4].read_bytes())
     prepared = prepare(str(folder), progress=False)
     assert len(prepared) == 5 and prepared.skipped == 2
     text = _meta(prepared).read_text()
@@ -288,12 +284,12 @@ def test_unreadable_files_and_folders_as_a_user(celeba):
         base.chmod(0o777)
         folder, cache = base / "faces", base / "cache"
         folder.mkdir()
-        for path in _jpegs(celeba, 4):
+        for path in celeba_jpegs(celeba, 4):
             (folder / path.name).write_bytes(path.read_bytes())
-        (folder / "secret.jpg").write_bytes(_jpegs(celeba, 5)[4].read_bytes())
+        (folder / "secret.jpg").write_bytes(celeba_jpegs(celeba, 5)[4].read_bytes())
         (folder / "secret.jpg").chmod(0o000)
         (folder / "locked").mkdir()
-        (folder / "locked" / "inside.jpg").write_bytes(_jpegs(celeba, 6)[5].read_bytes())
+        (folder / "locked" / "inside.jpg").write_bytes(celeba_jpegs(celeba, 6)[5].read_bytes())
         (folder / "locked").chmod(0o000)
         for p in (folder, *folder.glob("*.jpg")):
             if p.name != "secret.jpg":

@@ -1,9 +1,7 @@
 """`bench sample --nearest`: each generated image beside its nearest training images in Inception space, in a
 grid and in the run, with the distance beside the training set's own nearest-other distance."""
 
-import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +15,7 @@ from PIL import Image
 
 from benchmark import checkpoint
 from benchmark.nearest import nearest, train_to_train
-from conftest import bench_inprocess, store_client
+from conftest import bench_inprocess, face_folder, store_client
 
 SMALL = ["--model", "dcgan", "--set", "ngf=16", "--set", "ndf=16", "--set", "batch_size=16", "--set",
          "eval.samples=0", "--set", "eval.grid=16", "--seed", "1", "--quiet"]
@@ -34,10 +32,7 @@ def test_the_search_finds_each_training_image_itself_first_and_never_itself_for_
 
 def test_nearest_puts_each_sample_beside_its_nearest_training_faces_in_the_grid_and_the_run(celeba, tmp_path,
                                                                                              capsys):
-    faces = tmp_path / "faces64"  # an image folder is a data set of its own: all of it is the training split
-    faces.mkdir()
-    for path in sorted((celeba / "img_align_celeba" / "img_align_celeba").glob("*.jpg"))[:64]:
-        shutil.copy(path, faces / path.name)
+    faces = face_folder(celeba, tmp_path / "faces64", 64)  # a folder is a data set: all of it is the training split
     code, _, err = bench_inprocess("run", *SMALL, "--data", str(faces), "--budget", "1ep", "--experiment-name",
                                    "nearest", capsys=capsys)
     assert code == 0, err
@@ -59,14 +54,6 @@ def test_nearest_puts_each_sample_beside_its_nearest_training_faces_in_the_grid_
     assert nearest_ > scale > 0 and "(0 of 16 images nearer than that)" in text, text
 
 
-def _faces(celeba, folder: Path, count: int) -> Path:
-    """The first `count` CelebA images as a folder of their own (all of it the training split)."""
-    folder.mkdir()
-    for path in sorted((celeba / "img_align_celeba" / "img_align_celeba").glob("*.jpg"))[:count]:
-        shutil.copy(path, folder / path.name)
-    return folder
-
-
 # A DDPM that copies 4 faces within a minute on 2 CPU cores: 32x32, a narrow UNet, v-prediction on the cosine
 # schedule (eps on the linear one still gave colour-cast noise after 800 steps), a short EMA.
 MEMORISER = ["--model", "ddpm", "--set", "resolution=32", "--set", "ch=32", "--set", "ch_mult=[1, 2, 2]", "--set",
@@ -79,10 +66,10 @@ MEMORISER = ["--model", "ddpm", "--set", "resolution=32", "--set", "ch=32", "--s
 def test_the_nearest_distance_falls_as_a_run_memorises_its_training_faces(celeba, tmp_path, capsys):
     # One run on 4 faces, looked at twice as a user would: stopped by SIGTERM at its first checkpoint (a few
     # steps: noise, far from every face), then resumed to its 400 steps (100 epochs a batch: copies of the faces).
-    faces = _faces(celeba, tmp_path / "faces4", 4)
+    faces = face_folder(celeba, tmp_path / "faces4", 4)
     client = store_client()
     job = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "run", *MEMORISER, "--data", str(faces),
-                            "--experiment-name", "memorise"], stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+                            "--experiment-name", "memorise"], stderr=subprocess.PIPE, text=True)
     deadline, run = time.time() + 120, None
     while time.time() < deadline and job.poll() is None:
         found = client.get_experiment_by_name("memorise")
